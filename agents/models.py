@@ -1,0 +1,126 @@
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+from agents.crypto import decrypt, encrypt
+
+
+class LLMProvider(models.Model):
+    """An OpenAI-compatible endpoint (OpenAI, Ollama, vLLM, llama.cpp server)."""
+
+    class Health(models.TextChoices):
+        PENDING = "pending", "Pending"
+        VALIDATING = "validating", "Validating"
+        CONNECTED = "connected", "Connected"
+        ERROR = "error", "Error"
+
+    name = models.CharField(max_length=100, unique=True)
+    base_url = models.URLField(max_length=500, help_text="e.g. https://api.openai.com/v1")
+    # Fernet token of the key; read and written through `api_key`, never shown back.
+    api_key_encrypted = models.TextField(blank=True, editable=False)
+    timeout_seconds = models.FloatField(default=60.0, validators=[MinValueValidator(1.0)])
+    max_concurrency = models.PositiveIntegerField(default=4, validators=[MinValueValidator(1)])
+    requests_per_minute = models.PositiveIntegerField(default=60, validators=[MinValueValidator(1)])
+    price_per_1k_input = models.DecimalField(max_digits=10, decimal_places=6, default=0)
+    price_per_1k_output = models.DecimalField(max_digits=10, decimal_places=6, default=0)
+    is_active = models.BooleanField(default=True)
+    health = models.CharField(max_length=16, choices=Health.choices, default=Health.PENDING)
+    health_error = models.TextField(blank=True)
+    health_checked_at = models.DateTimeField(null=True, blank=True)
+    available_models = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(health__in=["pending", "validating", "connected", "error"]),
+                name="provider_health_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(timeout_seconds__gt=0), name="provider_timeout_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def api_key(self) -> str:
+        return decrypt(self.api_key_encrypted)
+
+    @api_key.setter
+    def api_key(self, value: str) -> None:
+        self.api_key_encrypted = encrypt(value) if value else ""
+
+    @property
+    def api_key_masked(self) -> str:
+        key = self.api_key
+        if not key:
+            return ""
+        return f"{'•' * 8}{key[-4:]}" if len(key) > 8 else "•" * 8
+
+
+class Agent(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    provider = models.ForeignKey(LLMProvider, on_delete=models.PROTECT, related_name="agents")
+    model = models.CharField(max_length=200)
+    system_prompt = models.TextField(blank=True)
+    temperature = models.FloatField(default=0.2, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)])
+    max_output_tokens = models.PositiveIntegerField(default=2048, validators=[MinValueValidator(1)])
+    batch_token_budget = models.PositiveIntegerField(
+        default=3000, validators=[MinValueValidator(100)], help_text="Message tokens per batch."
+    )
+    is_active = models.BooleanField(default=True)
+    task_configs = models.ManyToManyField(
+        "TaskConfig", through="AgentTaskAssignment", related_name="agents", blank=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(temperature__gte=0) & models.Q(temperature__lte=2),
+                name="agent_temperature_range",
+            ),
+            models.CheckConstraint(condition=~models.Q(model=""), name="agent_model_required"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TaskConfig(models.Model):
+    """A reusable analysis task: what to extract, and the JSON Schema of the answer."""
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    instructions = models.TextField()
+    response_schema = models.JSONField(help_text="JSON Schema the LLM's answer must satisfy.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AgentTaskAssignment(models.Model):
+    """An agent assigned a task config: what a run uses."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="assignments")
+    task_config = models.ForeignKey(TaskConfig, on_delete=models.CASCADE, related_name="assignments")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["agent", "task_config"]
+        constraints = [models.UniqueConstraint(fields=["agent", "task_config"], name="assignment_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.agent} → {self.task_config}"

@@ -1,0 +1,167 @@
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+
+class Project(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    slug = models.SlugField(max_length=200, unique=True)
+    is_active = models.BooleanField(default=True)
+    default_assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="default_assignee_of",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("admin:projects_project_change", args=[self.pk])
+
+
+class ProjectMembership(models.Model):
+    class Role(models.TextChoices):
+        LEAD = "lead", "Team lead"
+        MEMBER = "member", "Member"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="project_memberships"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "role", "user"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "user"], name="membership_unique"),
+            models.CheckConstraint(
+                condition=models.Q(role__in=["lead", "member"]), name="membership_role_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.get_role_display()}) in {self.project}"
+
+
+class ProjectConfig(models.Model):
+    """One immutable version of a project's configuration; the current one is flagged.
+
+    Versions are semantic: major when what the project reads or who is on it changes
+    (chats, team), minor when what the analysis looks for changes (keywords, exclude
+    keywords, glossary, components, priority rules), patch for anything else.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="configs")
+    major = models.PositiveIntegerField(default=1)
+    minor = models.PositiveIntegerField(default=0)
+    patch = models.PositiveIntegerField(default=0)
+    is_current = models.BooleanField(default=True)
+    description = models.TextField(blank=True)
+    language = models.CharField(max_length=16, default="en")
+    keywords = models.JSONField(default=list, blank=True)
+    exclude_keywords = models.JSONField(default=list, blank=True)
+    glossary = models.JSONField(default=list, blank=True, help_text='[{"term": ..., "meaning": ...}]')
+    components = models.JSONField(default=list, blank=True, help_text='[{"name": ..., "keywords": [...]}]')
+    priority_rules = models.JSONField(default=list, blank=True)
+    chats = models.ManyToManyField("sources.Chat", blank=True, related_name="project_configs")
+    team = models.JSONField(
+        default=list, blank=True, help_text='Snapshot of the team: [{"user_id": ..., "role": ...}]'
+    )
+    default_assignee_id_snapshot = models.BigIntegerField(null=True, blank=True)
+    batch_time_gap_minutes = models.PositiveIntegerField(default=60)
+    schedule = models.CharField(
+        max_length=64, blank=True, help_text="Cron expression for scheduled runs; empty for none."
+    )
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    change_summary = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "-major", "-minor", "-patch"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "major", "minor", "patch"], name="config_version_unique"
+            ),
+            models.UniqueConstraint(
+                fields=["project"], condition=models.Q(is_current=True), name="config_one_current"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project} v{self.version}"
+
+    @property
+    def version(self) -> str:
+        return f"{self.major}.{self.minor}.{self.patch}"
+
+
+class Task(models.Model):
+    """A task of a project, usually born from an approved proposal (see `proposals`)."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        IN_PROGRESS = "in_progress", "In progress"
+        DONE = "done", "Done"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Priority(models.TextChoices):
+        LOW = "low", "Low"
+        MEDIUM = "medium", "Medium"
+        HIGH = "high", "High"
+        CRITICAL = "critical", "Critical"
+
+    class Category(models.TextChoices):
+        BUG = "bug", "Bug"
+        FEATURE = "feature", "Feature"
+        IMPROVEMENT = "improvement", "Improvement"
+        QUESTION = "question", "Question"
+        CHORE = "chore", "Chore"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks")
+    title = models.CharField(max_length=300)
+    description = models.TextField(blank=True)
+    assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    priority = models.CharField(max_length=16, choices=Priority.choices, default=Priority.MEDIUM)
+    category = models.CharField(max_length=16, choices=Category.choices, default=Category.FEATURE)
+    tags = models.JSONField(default=list, blank=True)
+    due_date = models.DateField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=["open", "in_progress", "done", "cancelled"]),
+                name="task_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(priority__in=["low", "medium", "high", "critical"]),
+                name="task_priority_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(category__in=["bug", "feature", "improvement", "question", "chore"]),
+                name="task_category_valid",
+            ),
+        ]
+        indexes = [models.Index(fields=["project", "status"], name="task_project_status_idx")]
+
+    def __str__(self) -> str:
+        return self.title
