@@ -47,7 +47,7 @@ format: install
 
 check-deploy: install
 	DATABASE_URL=postgres://x@localhost/x SECRET_KEY=$$(openssl rand -hex 32) SECURE_SSL_REDIRECT=1 \
-		SECURE_HSTS_SECONDS=31536000 ALLOWED_HOSTS=example.com $(PY) manage.py check --deploy --fail-level WARNING
+		SECURE_HSTS_SECONDS=31536000 SECURE_HSTS_INCLUDE_SUBDOMAINS=1 SECURE_HSTS_PRELOAD=1 ALLOWED_HOSTS=example.com $(PY) manage.py check --deploy --fail-level WARNING
 
 clean:
 	rm -rf .run staticfiles

@@ -9,18 +9,20 @@ import logging
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import channel_layers
 
 logger = logging.getLogger(__name__)
 
 
 async def _send(group: str, message: dict[str, Any]) -> None:
-    layer = get_channel_layer()
+    # A layer of its own for this send: channels-redis keeps connection pools per event
+    # loop, and async_to_sync runs each call on a loop that then closes, so its pools must
+    # be closed here. Closing the process-wide layer's pools instead would cut the
+    # connections of the consumers served by this process.
+    layer = channel_layers.make_backend("default")
     try:
         await layer.group_send(group, message)
     finally:
-        # channels-redis keeps pools per event loop; async_to_sync makes a loop per call
-        # in a worker, so close this loop's pools or they leak onto a closed loop.
         close_pools = getattr(layer, "close_pools", None)
         if close_pools is not None:
             await close_pools()

@@ -1,0 +1,66 @@
+"""Shared fixtures: users by role and a live Celery worker on the real broker."""
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.db import connection
+
+from tasktracker.celery import app as celery_app
+
+BASE_DIR = Path(__file__).resolve().parent
+
+
+def database_url_of_test_db() -> str:
+    """The test database as a DATABASE_URL, for processes started by the tests."""
+    db = connection.settings_dict
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{Path(db['NAME']).resolve()}"
+    user = quote(db.get("USER") or "")
+    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
+    host = db.get("HOST") or "localhost"
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"postgres://{user}{password}@{host}{port}/{db['NAME']}"
+
+
+def _ping_worker(name: str) -> bool:
+    replies = celery_app.control.ping(destination=[name], timeout=0.5) or []
+    return any(name in reply for reply in replies)
+
+
+@pytest.fixture(scope="session")
+def live_worker(django_db_setup: None, django_db_blocker: pytest.FixtureRequest) -> Iterator[str]:
+    """A real Celery worker process consuming from the real broker, on the test database.
+
+    Tests that use it need committed data: mark them `django_db(transaction=True)`.
+    """
+    name = f"test-worker-{os.getpid()}@localhost"
+    with django_db_blocker.unblock():
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url_of_test_db(),
+            "SECRET_KEY": os.environ.get("SECRET_KEY", "test-secret-key-for-the-live-worker-0123456789"),
+        }
+    celery_app.control.purge()
+    process = subprocess.Popen(  # noqa: S603 (our own interpreter and arguments)
+        [sys.executable, "-m", "celery", "-A", "tasktracker", "worker", "-n", name,
+         "--concurrency", "2", "--loglevel", "WARNING", "--without-mingle", "--without-gossip"],
+        env=env, cwd=BASE_DIR,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not _ping_worker(name):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"The Celery worker did not start (exit code {process.poll()}).")
+    yield name
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

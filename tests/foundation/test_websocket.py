@@ -1,0 +1,88 @@
+"""A WebSocket round trip through the real channel layer (Redis)."""
+
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.test import Client
+from django.utils import timezone
+
+from agents.models import Agent, AgentTaskAssignment, LLMProvider, TaskConfig
+from analysis.consumers import run_group
+from analysis.models import AnalysisRun
+from projects.models import Project, ProjectMembership
+from tasktracker.asgi import application
+from tasktracker.realtime import broadcast
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+ORIGIN = (b"origin", b"http://localhost")
+
+
+def make_run(member_username: str) -> tuple[AnalysisRun, str]:
+    user = get_user_model().objects.create_user(member_username, password="pw-123456789")
+    project = Project.objects.create(name="Acme", slug="acme")
+    ProjectMembership.objects.create(project=project, user=user)
+    provider = LLMProvider.objects.create(name="p", base_url="http://127.0.0.1:9/v1")
+    agent = Agent.objects.create(name="a", provider=provider, model="m")
+    task_config = TaskConfig.objects.create(name="c", instructions="i", response_schema={"type": "object"})
+    assignment = AgentTaskAssignment.objects.create(agent=agent, task_config=task_config)
+    now = timezone.now()
+    run = AnalysisRun.objects.create(
+        assignment=assignment, window_start=now - timedelta(days=1), window_end=now
+    )
+    run.projects.add(project)
+    client = Client()
+    client.force_login(user)
+    return run, client.cookies["sessionid"].value
+
+
+def make_outsider_session() -> str:
+    get_user_model().objects.create_user("outsider", password="pw-123456789")
+    client = Client()
+    client.login(username="outsider", password="pw-123456789")
+    return client.cookies["sessionid"].value
+
+
+async def connect(run_id: int, session: str | None, origin: tuple[bytes, bytes] = ORIGIN) -> tuple:
+    headers = [origin]
+    if session:
+        headers.append((b"cookie", f"sessionid={session}".encode()))
+    communicator = WebsocketCommunicator(application, f"/ws/runs/{run_id}/", headers=headers)
+    connected, code = await communicator.connect(timeout=5)
+    return communicator, connected, code
+
+
+async def test_a_team_member_receives_numbered_run_events_in_order() -> None:
+    run, session = await sync_to_async(make_run)("member")
+    communicator, connected, _ = await connect(run.pk, session)
+    assert connected
+    for seq in (1, 2):
+        await sync_to_async(broadcast)(run_group(run.pk), "progress_updated", {"batches_done": seq}, seq=seq)
+    first = await communicator.receive_json_from(timeout=5)
+    second = await communicator.receive_json_from(timeout=5)
+    assert first == {"event": "progress_updated", "seq": 1, "data": {"batches_done": 1}}
+    assert second["seq"] == 2
+    await communicator.disconnect()
+
+
+async def test_anonymous_users_are_refused() -> None:
+    run, _ = await sync_to_async(make_run)("member")
+    _, connected, code = await connect(run.pk, None)
+    assert not connected
+    assert code == 4403
+
+
+async def test_users_outside_the_runs_projects_are_refused() -> None:
+    run, _ = await sync_to_async(make_run)("member")
+    session = await sync_to_async(make_outsider_session)()
+    _, connected, code = await connect(run.pk, session)
+    assert not connected
+    assert code == 4403
+
+
+async def test_a_foreign_origin_is_refused() -> None:
+    run, session = await sync_to_async(make_run)("member")
+    _, connected, _ = await connect(run.pk, session, origin=(b"origin", b"http://evil.example"))
+    assert not connected
