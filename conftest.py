@@ -44,6 +44,7 @@ def live_worker(django_db_setup: None, django_db_blocker: pytest.FixtureRequest)
         env = {
             **os.environ,
             "DATABASE_URL": database_url_of_test_db(),
+            "CONN_MAX_AGE": "0",
             "SECRET_KEY": os.environ.get("SECRET_KEY", "test-secret-key-for-the-live-worker-0123456789"),
         }
     celery_app.control.purge()

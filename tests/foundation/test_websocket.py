@@ -1,11 +1,13 @@
 """A WebSocket round trip through the real channel layer (Redis)."""
 
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
+from django.db import connections
 from django.test import Client
 from django.utils import timezone
 
@@ -18,6 +20,14 @@ from tasktracker.realtime import broadcast
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 ORIGIN = (b"origin", b"http://localhost")
+
+
+@pytest.fixture(autouse=True)
+async def close_thread_connections() -> AsyncIterator[None]:
+    # Consumers reach the database from asgiref's shared thread; close its connection or it
+    # keeps the test database open past the session (PostgreSQL refuses to drop it then).
+    yield
+    await sync_to_async(connections.close_all)()
 
 
 def make_run(member_username: str) -> tuple[AnalysisRun, str]:
