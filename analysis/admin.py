@@ -1,0 +1,170 @@
+from django.contrib import admin
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from analysis.models import AnalysisRun, Batch
+
+# Runs and batches belong to the pipeline: they are started through `start_run` and
+# every counter is written by the pipeline services, so the admin only shows them.
+
+BATCH_FIELDS = [
+    "index",
+    "status",
+    "attempts",
+    "token_count",
+    "message_count",
+    "llm_calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "llm_seconds",
+    "cost",
+    "error",
+    "started_at",
+    "finished_at",
+]
+
+
+class BatchMessageCountMixin:
+    @admin.display(description="Messages")
+    def message_count(self, obj: Batch) -> int:
+        return len(obj.message_ids)
+
+
+class BatchInline(BatchMessageCountMixin, admin.TabularInline):
+    model = Batch
+    fields = BATCH_FIELDS
+    readonly_fields = BATCH_FIELDS
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: AnalysisRun | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: AnalysisRun | None = None) -> bool:
+        return False
+
+
+@admin.register(AnalysisRun)
+class AnalysisRunAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "status",
+        "window",
+        "agent",
+        "trigger",
+        "progress",
+        "proposals_created",
+        "cost",
+        "created_at",
+    ]
+    list_filter = ["status", "trigger", ("assignment__agent", admin.RelatedOnlyFieldListFilter), "projects"]
+    list_select_related = ["assignment__agent", "assignment__task_config"]
+    search_fields = ["id__exact", "error"]
+    date_hierarchy = "created_at"
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "status",
+                    "trigger",
+                    "window_start",
+                    "window_end",
+                    "projects",
+                    "chats",
+                    "assignment",
+                    "started_by",
+                    "proposals_link",
+                ]
+            },
+        ),
+        (
+            "Progress",
+            {
+                "fields": [
+                    "messages_fetched",
+                    "messages_kept",
+                    "prefilter_stats",
+                    "batches_total",
+                    "batches_done",
+                    "batches_failed",
+                    "proposals_created",
+                    "event_seq",
+                ]
+            },
+        ),
+        ("Usage", {"fields": ["llm_calls", "prompt_tokens", "completion_tokens", "llm_seconds", "cost"]}),
+        ("Outcome", {"fields": ["error", "review_stats"]}),
+        ("Configuration", {"fields": ["config_versions", "config_snapshot"], "classes": ["collapse"]}),
+        ("Timestamps", {"fields": ["created_at", "started_at", "finished_at", "closed_at"]}),
+    ]
+    # Every field shown is read-only; `messages` is left out on purpose, as a run can
+    # hold thousands of them (`messages_fetched` and `messages_kept` count them).
+    readonly_fields = [field for _, options in fieldsets for field in options["fields"]]
+    inlines = [BatchInline]
+    # `get_absolute_url` points back into the admin; "View on site" would be a loop.
+    view_on_site = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: AnalysisRun | None = None) -> bool:
+        return False
+
+    @admin.display(description="Window", ordering="window_start")
+    def window(self, obj: AnalysisRun) -> str:
+        start = timezone.localtime(obj.window_start)
+        end = timezone.localtime(obj.window_end)
+        return f"{start:%Y-%m-%d %H:%M} – {end:%Y-%m-%d %H:%M}"
+
+    @admin.display(description="Agent", ordering="assignment__agent__name")
+    def agent(self, obj: AnalysisRun) -> str:
+        return obj.assignment.agent.name
+
+    @admin.display(description="Batches")
+    def progress(self, obj: AnalysisRun) -> str:
+        text = f"{obj.batches_done}/{obj.batches_total}"
+        return f"{text} ({obj.batches_failed} failed)" if obj.batches_failed else text
+
+    @admin.display(description="Proposals")
+    def proposals_link(self, obj: AnalysisRun) -> SafeString:
+        url = reverse("admin:proposals_taskproposal_changelist")
+        return format_html(
+            '<a href="{}?run__id__exact={}">{} proposals</a>', url, obj.pk, obj.proposals_created
+        )
+
+
+@admin.register(Batch)
+class BatchAdmin(BatchMessageCountMixin, admin.ModelAdmin):
+    list_display = [
+        "run",
+        "index",
+        "status",
+        "attempts",
+        "token_count",
+        "message_count",
+        "llm_calls",
+        "cost",
+        "started_at",
+        "finished_at",
+    ]
+    list_display_links = ["run", "index"]
+    list_filter = ["status"]
+    list_select_related = ["run"]
+    search_fields = ["run__id__exact", "error"]
+    fieldsets = [
+        (None, {"fields": ["run", "index", "status", "attempts", "error", "started_at", "finished_at"]}),
+        ("Messages", {"fields": ["token_count", "message_count", "message_ids"]}),
+        ("Usage", {"fields": ["llm_calls", "prompt_tokens", "completion_tokens", "llm_seconds", "cost"]}),
+    ]
+    readonly_fields = [field for _, options in fieldsets for field in options["fields"]]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Batch | None = None) -> bool:
+        return False

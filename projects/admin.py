@@ -1,0 +1,159 @@
+from django.contrib import admin
+from django.db.models import Count, Prefetch, QuerySet
+from django.forms import ModelForm
+from django.http import HttpRequest
+
+from projects.models import Project, ProjectConfig, ProjectMembership, Task
+
+
+class ProjectMembershipInline(admin.TabularInline):
+    model = ProjectMembership
+    fields = ["user", "role", "created_at"]
+    readonly_fields = ["created_at"]
+    autocomplete_fields = ["user"]
+    extra = 0
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ProjectMembership]:
+        return super().get_queryset(request).select_related("user")
+
+
+class ProjectConfigInline(admin.TabularInline):
+    """The version history. Versions are immutable: a change is a new version made by
+    `bump_config`, never an edit of a row, so the inline only lists them."""
+
+    model = ProjectConfig
+    fields = ["version", "is_current", "language", "change_summary", "author", "created_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ProjectConfig]:
+        return super().get_queryset(request).select_related("author")
+
+    def has_add_permission(self, request: HttpRequest, obj: Project | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Project | None = None) -> bool:
+        return False
+
+
+@admin.register(Project)
+class ProjectAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "slug",
+        "is_active",
+        "default_assignee",
+        "current_version",
+        "member_count",
+        "created_at",
+    ]
+    list_filter = ["is_active"]
+    list_select_related = ["default_assignee"]
+    search_fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+    autocomplete_fields = ["default_assignee"]
+    readonly_fields = ["created_at", "updated_at"]
+    fields = ["name", "slug", "is_active", "default_assignee", "created_at", "updated_at"]
+    inlines = [ProjectMembershipInline, ProjectConfigInline]
+    # `get_absolute_url` points back into the admin; "View on site" would be a loop.
+    view_on_site = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Project]:
+        current = ProjectConfig.objects.filter(is_current=True)
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(member_count=Count("memberships", distinct=True))
+            .prefetch_related(Prefetch("configs", queryset=current, to_attr="current_configs"))
+        )
+
+    @admin.display(description="Members", ordering="member_count")
+    def member_count(self, obj: Project) -> int:
+        return obj.member_count
+
+    @admin.display(description="Current config")
+    def current_version(self, obj: Project) -> str:
+        configs = obj.current_configs
+        return configs[0].version if configs else self.get_empty_value_display()
+
+
+@admin.register(ProjectMembership)
+class ProjectMembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "project", "role", "created_at"]
+    list_filter = ["role", "project"]
+    list_select_related = ["user", "project"]
+    search_fields = ["user__username", "user__email", "user__first_name", "user__last_name", "project__name"]
+    autocomplete_fields = ["project", "user"]
+    readonly_fields = ["created_at"]
+
+
+@admin.register(ProjectConfig)
+class ProjectConfigAdmin(admin.ModelAdmin):
+    """Read-only: versions are created by `bump_config`, and a version never changes."""
+
+    list_display = ["project", "version", "is_current", "language", "author", "created_at"]
+    list_display_links = ["project", "version"]
+    list_filter = ["is_current", "language", "project"]
+    list_select_related = ["project", "author"]
+    search_fields = ["project__name", "change_summary", "description"]
+    date_hierarchy = "created_at"
+    fieldsets = [
+        (None, {"fields": ["project", "version", "is_current", "author", "change_summary", "created_at"]}),
+        (
+            "What the analysis reads",
+            {"fields": ["description", "language", "chats", "batch_time_gap_minutes", "schedule"]},
+        ),
+        (
+            "What the analysis looks for",
+            {"fields": ["keywords", "exclude_keywords", "glossary", "components", "priority_rules"]},
+        ),
+        ("Team snapshot", {"fields": ["team", "default_assignee_id_snapshot"]}),
+    ]
+    readonly_fields = [field for _, options in fieldsets for field in options["fields"]]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: ProjectConfig | None = None) -> bool:
+        return False
+
+
+@admin.register(Task)
+class TaskAdmin(admin.ModelAdmin):
+    list_display = [
+        "title",
+        "project",
+        "assignee",
+        "status",
+        "priority",
+        "category",
+        "due_date",
+        "created_at",
+    ]
+    list_filter = ["status", "priority", "category", "project"]
+    list_select_related = ["project", "assignee"]
+    search_fields = ["title", "description"]
+    date_hierarchy = "created_at"
+    autocomplete_fields = ["project", "assignee"]
+    readonly_fields = ["created_by", "created_at", "updated_at"]
+    fields = [
+        "project",
+        "title",
+        "description",
+        "assignee",
+        "status",
+        "priority",
+        "category",
+        "tags",
+        "due_date",
+        "created_by",
+        "created_at",
+        "updated_at",
+    ]
+
+    def save_model(self, request: HttpRequest, obj: Task, form: ModelForm, change: bool) -> None:
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)

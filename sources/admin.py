@@ -1,0 +1,134 @@
+from django.contrib import admin
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
+from django.utils.text import Truncator
+
+from sources.models import Chat, Message, MessageEdit, PollingState, TelegramUpdate
+
+# Messages, their edits and the Bot API bookkeeping are written by the ingestion services
+# only (idempotent on (chat, Telegram message id), edits recorded as `MessageEdit` rows):
+# an edit in the admin would silently diverge from Telegram and lose that history, so
+# these admins are view-only. Deleting stays possible, e.g. to remove a message that
+# should never have been stored.
+
+
+@admin.register(Chat)
+class ChatAdmin(admin.ModelAdmin):
+    list_display = ["title", "telegram_id", "type", "username", "is_active", "message_count", "created_at"]
+    list_display_links = ["title", "telegram_id"]
+    list_editable = ["is_active"]
+    list_filter = ["is_active", "type"]
+    search_fields = ["title", "username", "telegram_id__exact"]
+    readonly_fields = ["created_at", "updated_at"]
+    fields = ["telegram_id", "title", "type", "username", "is_active", "created_at", "updated_at"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Chat]:
+        return super().get_queryset(request).annotate(message_count=Count("messages"))
+
+    @admin.display(description="Messages", ordering="message_count")
+    def message_count(self, obj: Chat) -> int:
+        return obj.message_count
+
+
+class MessageEditInline(admin.TabularInline):
+    model = MessageEdit
+    fields = ["previous_text", "previous_edited_at", "edited_at", "recorded_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Message | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Message | None = None) -> bool:
+        return False
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ["chat", "telegram_id", "author_name", "short_text", "sent_at", "edited_at"]
+    list_display_links = ["telegram_id", "short_text"]
+    list_filter = ["chat__is_active", "chat"]
+    list_select_related = ["chat"]
+    search_fields = ["text", "author_name"]
+    date_hierarchy = "sent_at"
+    inlines = [MessageEditInline]
+    fields = [
+        "chat",
+        "telegram_id",
+        "link",
+        "author_id",
+        "author_name",
+        "text",
+        "sent_at",
+        "edited_at",
+        "reply_to_telegram_id",
+        "forwarded_from",
+        "raw",
+        "created_at",
+        "updated_at",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Message | None = None) -> bool:
+        return False
+
+    @admin.display(description="Text")
+    def short_text(self, obj: Message) -> str:
+        return Truncator(obj.text).chars(80)
+
+    @admin.display(description="Link on Telegram")
+    def link(self, obj: Message) -> str:
+        return obj.link or self.get_empty_value_display()
+
+
+@admin.register(MessageEdit)
+class MessageEditAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "message", "short_previous_text", "edited_at", "recorded_at"]
+    list_select_related = ["message"]
+    list_filter = ["message__chat"]
+    search_fields = ["previous_text", "message__text"]
+    date_hierarchy = "recorded_at"
+    fields = ["message", "previous_text", "previous_edited_at", "edited_at", "recorded_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: MessageEdit | None = None) -> bool:
+        return False
+
+    @admin.display(description="Previous text")
+    def short_previous_text(self, obj: MessageEdit) -> str:
+        return Truncator(obj.previous_text).chars(80)
+
+
+@admin.register(TelegramUpdate)
+class TelegramUpdateAdmin(admin.ModelAdmin):
+    list_display = ["update_id", "kind", "received_at"]
+    list_filter = ["kind"]
+    search_fields = ["update_id__exact"]
+    date_hierarchy = "received_at"
+    readonly_fields = ["update_id", "kind", "received_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: TelegramUpdate | None = None) -> bool:
+        return False
+
+
+@admin.register(PollingState)
+class PollingStateAdmin(admin.ModelAdmin):
+    list_display = ["bot_id", "last_update_id", "updated_at"]
+    search_fields = ["bot_id__exact"]
+    readonly_fields = ["bot_id", "last_update_id", "updated_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: PollingState | None = None) -> bool:
+        return False

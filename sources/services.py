@@ -1,0 +1,437 @@
+"""Writes of the `sources` app: chats and messages, whatever path they arrive by.
+
+Every ingestion path (Telegram Desktop export, webhook, polling, API) ends in
+`upsert_messages`, which is idempotent on (chat, Telegram message id): a message seen
+again is left alone, or updated with its previous text kept in `MessageEdit` when it
+was edited since.
+"""
+
+import re
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Required, TypedDict
+
+import ijson
+from django.db import transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from sources.models import Chat, Message, MessageEdit
+from tasktracker.exceptions import DomainError
+
+# Messages written per transaction by the export import: a failure mid-file leaves every
+# earlier chunk committed, and a rerun goes over them idempotently.
+IMPORT_CHUNK_SIZE = 1000
+
+# Where Telegram Desktop puts a chat in its two export shapes: a single-chat export is the
+# chat itself; a full-account export lists chats under `chats` (and `left_chats`).
+_CHAT_PREFIXES = ("", "chats.list.item", "left_chats.list.item")
+_MESSAGES_ARRAY = {f"{p}.messages" if p else "messages": p for p in _CHAT_PREFIXES}
+_MESSAGE_ITEM = {f"{p}.messages.item" if p else "messages.item": p for p in _CHAT_PREFIXES}
+_HEADER_FIELDS = {(f"{p}.{key}" if p else key): key for p in _CHAT_PREFIXES for key in ("name", "type", "id")}
+_SCALAR_EVENTS = frozenset({"string", "number", "boolean", "null"})
+
+_EXPORT_CHAT_TYPES = {
+    "personal_chat": Chat.Type.PRIVATE,
+    "bot_chat": Chat.Type.PRIVATE,
+    "saved_messages": Chat.Type.PRIVATE,
+    "private_group": Chat.Type.GROUP,
+    "private_supergroup": Chat.Type.SUPERGROUP,
+    "public_supergroup": Chat.Type.SUPERGROUP,
+    "private_channel": Chat.Type.CHANNEL,
+    "public_channel": Chat.Type.CHANNEL,
+}
+_PEER_ID = re.compile(r"^[a-z_]*(\d+)$")
+# Bot API ids of supergroups and channels are -100 followed by the MTProto id.
+_CHANNEL_ID_OFFSET = 1_000_000_000_000
+
+
+class MessageData(TypedDict, total=False):
+    """One message in the shape `upsert_messages` writes, whatever its source."""
+
+    telegram_id: Required[int]
+    sent_at: Required[datetime]
+    text: str
+    author_id: int | None
+    author_name: str
+    edited_at: datetime | None
+    reply_to_telegram_id: int | None
+    forwarded_from: str
+    raw: dict[str, Any]
+
+
+@dataclass
+class UpsertCounts:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+@dataclass
+class ImportResult:
+    """What an export import did. `skipped` counts messages not stored, by reason."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    chats: int = 0
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+    @property
+    def messages_read(self) -> int:
+        return self.created + self.updated + self.unchanged + self.skipped_total
+
+    def add(self, counts: UpsertCounts) -> None:
+        self.created += counts.created
+        self.updated += counts.updated
+        self.unchanged += counts.unchanged
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+@transaction.atomic
+def get_or_create_chat(*, telegram_id: int, title: str, type: str, username: str = "") -> Chat:
+    """The chat with this Bot API id, created if new. A changed title, type or username is
+    written over the stored one (chats get renamed); an empty one never erases it."""
+    chat, created = Chat.objects.select_for_update().get_or_create(
+        telegram_id=telegram_id,
+        defaults={"title": title[:255], "type": type, "username": username[:64]},
+    )
+    if created:
+        return chat
+    changes = {"title": title[:255], "type": type, "username": username[:64]}
+    changed = [name for name, value in changes.items() if value and getattr(chat, name) != value]
+    for name in changed:
+        setattr(chat, name, changes[name])
+    if changed:
+        chat.save(update_fields=[*changed, "updated_at"])
+    return chat
+
+
+@transaction.atomic
+def upsert_messages(*, chat: Chat, messages: list[MessageData]) -> UpsertCounts:
+    """Store a chunk of messages of one chat in one transaction, idempotently.
+
+    New messages are inserted in bulk. A stored message whose text or edit time differs
+    is updated and its previous text recorded as a `MessageEdit`, unless the incoming
+    copy is older than the stored one (an old export imported after the webhook saw a
+    later edit), which is counted unchanged rather than rolling the text back.
+    """
+    counts = UpsertCounts()
+    # The last copy of a message wins when a chunk holds it twice.
+    incoming = {m["telegram_id"]: m for m in messages}
+    # Only what the comparison reads, and unordered: the model's ordering makes the
+    # planner walk the (chat, sent_at) index over the whole chat for every chunk.
+    stored_rows = (
+        Message.objects.filter(chat=chat, telegram_id__in=list(incoming))
+        .order_by()
+        .only("id", "telegram_id", "text", "edited_at")
+    )
+    existing = {m.telegram_id: m for m in stored_rows}
+    to_create: list[Message] = []
+    to_update: list[Message] = []
+    edits: list[MessageEdit] = []
+    now = timezone.now()
+    for telegram_id, data in incoming.items():
+        text = data.get("text", "")
+        edited_at = data.get("edited_at")
+        stored = existing.get(telegram_id)
+        if stored is None:
+            to_create.append(
+                Message(
+                    chat=chat,
+                    telegram_id=telegram_id,
+                    author_id=data.get("author_id"),
+                    author_name=data.get("author_name", "")[:255],
+                    text=text,
+                    sent_at=data["sent_at"],
+                    edited_at=edited_at,
+                    reply_to_telegram_id=data.get("reply_to_telegram_id"),
+                    forwarded_from=data.get("forwarded_from", "")[:255],
+                    raw=data.get("raw", {}),
+                )
+            )
+            continue
+        is_stale = stored.edited_at is not None and (edited_at is None or edited_at < stored.edited_at)
+        if is_stale or (stored.text == text and stored.edited_at == edited_at):
+            counts.unchanged += 1
+            continue
+        edits.append(
+            MessageEdit(
+                message=stored,
+                previous_text=stored.text,
+                previous_edited_at=stored.edited_at,
+                edited_at=edited_at,
+            )
+        )
+        stored.text = text
+        stored.edited_at = edited_at
+        if "raw" in data:
+            stored.raw = data["raw"]
+        stored.updated_at = now
+        to_update.append(stored)
+    # A message inserted by another path (the webhook) between the read above and this
+    # insert is not an error: the unique constraint keeps one row and the next import
+    # reconciles its text.
+    Message.objects.bulk_create(to_create, ignore_conflicts=True)
+    counts.created = len(to_create)
+    if to_update:
+        Message.objects.bulk_update(to_update, ["text", "edited_at", "raw", "updated_at"])
+        MessageEdit.objects.bulk_create(edits)
+    counts.updated = len(to_update)
+    return counts
+
+
+def bot_api_chat_id(*, export_id: int, chat_type: str) -> int:
+    """The id the Bot API (and so the webhook) gives the chat an export calls `export_id`."""
+    if export_id < 0:
+        return export_id
+    if chat_type in (Chat.Type.SUPERGROUP, Chat.Type.CHANNEL):
+        return -(_CHANNEL_ID_OFFSET + export_id)
+    if chat_type == Chat.Type.GROUP:
+        return -export_id
+    return export_id
+
+
+def chat_type_from_export(export_type: str) -> str:
+    if export_type in _EXPORT_CHAT_TYPES:
+        return _EXPORT_CHAT_TYPES[export_type]
+    # Types added by later Telegram versions: guess from the name rather than refuse the file.
+    for marker, chat_type in (
+        ("channel", Chat.Type.CHANNEL),
+        ("supergroup", Chat.Type.SUPERGROUP),
+        ("group", Chat.Type.GROUP),
+    ):
+        if marker in export_type:
+            return chat_type
+    return Chat.Type.PRIVATE
+
+
+def export_text(value: Any) -> str:
+    """The plain text of an export's `text`: a string, or a list of strings and entity
+    objects (`{"type": "bold", "text": "..."}`) whose texts join into it."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "".join(part if isinstance(part, str) else export_text(part) for part in value)
+    if isinstance(value, dict):
+        return export_text(value.get("text", ""))
+    return ""
+
+
+def _export_time(message: dict[str, Any], unix_key: str, local_key: str) -> datetime | None:
+    unix = message.get(unix_key)
+    if unix not in (None, ""):
+        try:
+            return datetime.fromtimestamp(int(unix), tz=UTC)
+        except (TypeError, ValueError, OverflowError):
+            return None
+    # Exports older than 2021 have only the exporting machine's local time; the best
+    # reading of it is this installation's time zone.
+    local = message.get(local_key)
+    parsed = parse_datetime(local) if isinstance(local, str) else None
+    if parsed is not None and timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed)
+    return parsed
+
+
+def _peer_id(value: Any) -> int | None:
+    match = _PEER_ID.match(value) if isinstance(value, str) else None
+    return int(match.group(1)) if match else None
+
+
+def message_from_export(message: dict[str, Any]) -> MessageData | str:
+    """A Telegram Desktop export message as `MessageData`, or the reason it is skipped."""
+    if message.get("type", "message") == "service":
+        return "service"
+    if message.get("type", "message") != "message":
+        return "unsupported_type"
+    telegram_id = message.get("id")
+    sent_at = _export_time(message, "date_unixtime", "date")
+    if not isinstance(telegram_id, int) or isinstance(telegram_id, bool) or sent_at is None:
+        return "invalid"
+    text = export_text(message["text"]) if "text" in message else export_text(message.get("text_entities"))
+    poll = message.get("poll")
+    if not text and isinstance(poll, dict):
+        text = export_text(poll.get("question", ""))
+    reply_to = message.get("reply_to_message_id")
+    # A reply to a message of another chat carries that chat's id; the id alone would
+    # point at an unrelated message of this one.
+    if not isinstance(reply_to, int) or "reply_to_peer_id" in message:
+        reply_to = None
+    # `text_entities` repeats `text`; dropping it keeps a large export's raw copies half the size.
+    raw = {key: value for key, value in message.items() if key != "text_entities"}
+    return MessageData(
+        telegram_id=telegram_id,
+        sent_at=sent_at,
+        text=text,
+        author_id=_peer_id(message.get("from_id")),
+        author_name=message.get("from") or "",
+        edited_at=_export_time(message, "edited_unixtime", "edited"),
+        reply_to_telegram_id=reply_to,
+        forwarded_from=message.get("forwarded_from") or "",
+        raw=raw,
+    )
+
+
+class _ChatImport:
+    """One chat of an export being imported: created at its first write, so that a file
+    cut short before its first chunk leaves nothing behind."""
+
+    def __init__(self, *, header: dict[str, Any], selected_id: int | None, result: ImportResult) -> None:
+        export_id = header.get("id")
+        if not isinstance(export_id, int) or isinstance(export_id, bool):
+            raise DomainError(
+                "The export names no chat id before the chat's messages, so they cannot be attributed.",
+                code="export_no_chat_id",
+            )
+        self.type = chat_type_from_export(str(header.get("type") or ""))
+        self.telegram_id = bot_api_chat_id(export_id=export_id, chat_type=self.type)
+        self.title = str(header.get("name") or "")
+        self.selected = selected_id is None or selected_id in (export_id, self.telegram_id)
+        self.result = result
+        self.chat: Chat | None = None
+        self.pending: list[MessageData] = []
+
+    def add(self, message: Any) -> None:
+        if not self.selected:
+            self.result.skip("other_chat")
+            return
+        data = message_from_export(message) if isinstance(message, dict) else "invalid"
+        if isinstance(data, str):
+            self.result.skip(data)
+            return
+        self.pending.append(data)
+
+    def flush(self) -> bool:
+        """Write the pending messages, if any, in their own transaction."""
+        if not self.selected or not self.pending:
+            return False
+        self.result.add(upsert_messages(chat=self.ensure_chat(), messages=self.pending))
+        self.pending = []
+        return True
+
+    def ensure_chat(self) -> Chat:
+        if self.chat is None:
+            self.chat = get_or_create_chat(telegram_id=self.telegram_id, title=self.title, type=self.type)
+        return self.chat
+
+
+class _ExportStream:
+    """Walks the parse events of an export, one message object at a time."""
+
+    def __init__(
+        self,
+        *,
+        selected_id: int | None,
+        result: ImportResult,
+        progress: Callable[[ImportResult], None] | None,
+    ) -> None:
+        self.selected_id = selected_id
+        self.result = result
+        self.progress = progress
+        self.started = False
+        self.found_messages = False
+        self.found_selected = False
+
+    def run(self, source: IO[bytes]) -> None:
+        header: dict[str, Any] = {}
+        current: _ChatImport | None = None
+        builder: ijson.ObjectBuilder | None = None
+        item_prefix = ""
+        # Floats, not Decimals: the raw copy of each message goes into a JSONField.
+        for prefix, event, value in ijson.parse(source, use_float=True):
+            self.started = True
+            if current is not None and builder is not None:
+                builder.event(event, value)
+                if event == "end_map" and prefix == item_prefix:
+                    current.add(builder.value)
+                    builder = None
+                    if len(current.pending) >= IMPORT_CHUNK_SIZE:
+                        self._flush(current)
+                continue
+            if current is not None and prefix in _MESSAGE_ITEM:
+                if event == "start_map":
+                    builder = ijson.ObjectBuilder()
+                    builder.event(event, value)
+                    item_prefix = prefix
+                elif event in _SCALAR_EVENTS:
+                    current.add(value)
+                continue
+            if event in _SCALAR_EVENTS and prefix in _HEADER_FIELDS:
+                header[_HEADER_FIELDS[prefix]] = value
+            elif event == "start_map" and prefix in _CHAT_PREFIXES:
+                header = {}
+            elif event == "start_array" and prefix in _MESSAGES_ARRAY:
+                self.found_messages = True
+                current = _ChatImport(header=header, selected_id=self.selected_id, result=self.result)
+                self.found_selected = self.found_selected or current.selected
+            elif event == "end_array" and prefix in _MESSAGES_ARRAY and current is not None:
+                self._flush(current)
+                if current.selected:
+                    # A chat without messages is still registered, so the webhook finds it.
+                    current.ensure_chat()
+                    self.result.chats += 1
+                current = None
+
+    def _flush(self, chat_import: _ChatImport) -> None:
+        if chat_import.flush() and self.progress is not None:
+            self.progress(self.result)
+
+
+def import_telegram_export(
+    *,
+    path_or_file: str | Path | IO[bytes],
+    chat_telegram_id: int | None = None,
+    progress: Callable[[ImportResult], None] | None = None,
+) -> ImportResult:
+    """Import a Telegram Desktop JSON export (one chat, or a whole account), streaming it.
+
+    The file is read event by event with ijson, one message object at a time, so memory
+    stays flat for a gigabyte export. Messages are written in chunks of
+    `IMPORT_CHUNK_SIZE`, each in its own transaction (so this service is deliberately not
+    atomic): a failure mid-file keeps the chunks already written, and a rerun continues
+    idempotently. A file that is not an export writes nothing and raises `DomainError`.
+
+    `chat_telegram_id`, as the export gives it or in Bot API form, imports that chat
+    only; the others' messages are counted as skipped. `progress` is called with the
+    running result after each chunk.
+    """
+    result = ImportResult()
+    name = getattr(path_or_file, "name", None) or str(path_or_file)
+    stream = _ExportStream(selected_id=chat_telegram_id, result=result, progress=progress)
+    with ExitStack() as stack:
+        if isinstance(path_or_file, str | Path):
+            try:
+                source: IO[bytes] = stack.enter_context(Path(path_or_file).open("rb"))
+            except OSError as exc:
+                raise DomainError(f"Cannot read {name}: {exc.strerror}.", code="export_unreadable") from exc
+        else:
+            source = path_or_file
+        try:
+            stream.run(source)
+        except (ijson.JSONError, UnicodeDecodeError) as exc:
+            if not stream.started:
+                raise DomainError(
+                    f"{name} is not a Telegram Desktop export: it is not JSON.", code="export_not_json"
+                ) from exc
+            raise DomainError(
+                f"{name} is cut short or malformed after {result.messages_read} messages; the chunks "
+                "written before stay, and a rerun of the complete file continues from them.",
+                code="export_truncated",
+            ) from exc
+    if not stream.found_messages:
+        raise DomainError(
+            f"{name} is not a Telegram Desktop export: it has no list of messages.", code="export_no_messages"
+        )
+    if chat_telegram_id is not None and not stream.found_selected:
+        raise DomainError(f"The export has no chat with id {chat_telegram_id}.", code="export_chat_not_found")
+    return result
