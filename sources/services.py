@@ -19,7 +19,8 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from sources.models import Chat, Message, MessageEdit
+from sources.models import Chat, Message, MessageEdit, TelegramUpdate
+from sources.telegram import MESSAGE_KINDS, chat_fields, message_fields, parse_update, update_kind
 from tasktracker.exceptions import DomainError
 
 # Messages written per transaction by the export import: a failure mid-file leaves every
@@ -435,3 +436,37 @@ def import_telegram_export(
     if chat_telegram_id is not None and not stream.found_selected:
         raise DomainError(f"The export has no chat with id {chat_telegram_id}.", code="export_chat_not_found")
     return result
+
+
+@dataclass(frozen=True)
+class UpdateOutcome:
+    """What one Bot API update did: `stored` (created or updated a message), `duplicate`
+    (this update_id was seen before) or `skipped` (a kind that carries no chat message)."""
+
+    result: str
+    kind: str
+    message_id: int | None = None
+
+
+@transaction.atomic
+def ingest_update(*, data: dict[str, Any]) -> UpdateOutcome:
+    """Store one Bot API update, once per update_id (Telegram retries deliveries for a day).
+
+    Messages, channel posts and their edits go through `upsert_messages`; an edit updates
+    the text and `edited_at` and keeps the previous text. Other kinds are remembered as
+    seen and skipped. Raises `DomainError` for a payload that is not an update.
+    """
+    try:
+        update = parse_update(data)
+    except ValueError as exc:
+        raise DomainError(str(exc), code="invalid_update") from exc
+    kind = update_kind(update)
+    _, created = TelegramUpdate.objects.get_or_create(update_id=update.update_id, defaults={"kind": kind})
+    if not created:
+        return UpdateOutcome(result="duplicate", kind=kind)
+    message = update.effective_message if kind in MESSAGE_KINDS else None
+    if message is None:
+        return UpdateOutcome(result="skipped", kind=kind)
+    chat = get_or_create_chat(**chat_fields(message.chat))
+    upsert_messages(chat=chat, messages=[message_fields(message, raw=data)])
+    return UpdateOutcome(result="stored", kind=kind, message_id=message.message_id)
