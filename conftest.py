@@ -6,12 +6,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 from django.db import connection
 
 from tasktracker.celery import app as celery_app
+from tests.fakes.telegram import FakeBotAPI
 
 BASE_DIR = Path(__file__).resolve().parent
 
@@ -48,7 +50,7 @@ def live_worker(django_db_setup: None, django_db_blocker: pytest.FixtureRequest)
             "SECRET_KEY": os.environ.get("SECRET_KEY", "test-secret-key-for-the-live-worker-0123456789"),
         }
     celery_app.control.purge()
-    process = subprocess.Popen(  # noqa: S603 (our own interpreter and arguments)
+    process = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "tasktracker", "worker", "-n", name,
          "--concurrency", "2", "--loglevel", "WARNING", "--without-mingle", "--without-gossip"],
         env=env, cwd=BASE_DIR,
@@ -65,3 +67,13 @@ def live_worker(django_db_setup: None, django_db_blocker: pytest.FixtureRequest)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@pytest.fixture
+def fake_bot_api(settings: Any) -> Iterator[FakeBotAPI]:
+    """A fake Telegram Bot API on loopback; the bot's settings point at it."""
+    fake = FakeBotAPI().start()
+    settings.TELEGRAM_API_BASE_URL = fake.base_url
+    settings.TELEGRAM_BOT_TOKEN = "123456:TEST-TOKEN"
+    yield fake
+    fake.stop()

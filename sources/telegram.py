@@ -29,12 +29,13 @@ def parse_update(data: dict[str, Any]) -> Update:
         raise ValueError(f"Not a Telegram update: {exc}") from exc
 
 
-def update_kind(update: Update) -> str:
+def update_kind(data: dict[str, Any]) -> str:
+    """The kind of a raw update: the key beside update_id (a message kind first)."""
     for kind in MESSAGE_KINDS:
-        if getattr(update, kind) is not None:
+        if kind in data:
             return kind
-    known = [key for key in update.to_dict() if key != "update_id"]
-    return known[0] if known else "unknown"
+    others = [key for key in data if key != "update_id"]
+    return others[0] if others else "unknown"
 
 
 def chat_fields(chat: TelegramChat) -> dict[str, Any]:

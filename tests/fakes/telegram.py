@@ -58,6 +58,11 @@ class FakeBotAPI:
                 if offset:
                     self.updates = [u for u in self.updates if u["update_id"] >= offset]
                 limit = int(params.get("limit") or 100)
+                allowed = params.get("allowed_updates")
+                allowed = json.loads(allowed) if isinstance(allowed, str) else allowed
+                # As Telegram does: kinds outside allowed_updates are never delivered.
+                if allowed:
+                    self.updates = [u for u in self.updates if any(kind in u for kind in allowed)]
                 return 200, {"ok": True, "result": self.updates[:limit]}
             if method == "setWebhook":
                 self.webhook = params
