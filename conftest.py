@@ -13,6 +13,7 @@ import pytest
 from django.db import connection
 
 from tasktracker.celery import app as celery_app
+from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.telegram import FakeBotAPI
 
 BASE_DIR = Path(__file__).resolve().parent
@@ -75,5 +76,15 @@ def fake_bot_api(settings: Any) -> Iterator[FakeBotAPI]:
     fake = FakeBotAPI().start()
     settings.TELEGRAM_API_BASE_URL = fake.base_url
     settings.TELEGRAM_BOT_TOKEN = "123456:TEST-TOKEN"
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fake_openai(settings: Any) -> Iterator[FakeOpenAI]:
+    """An OpenAI-compatible server on loopback; the gateway's backoff is shortened."""
+    settings.LLM_BACKOFF_BASE_SECONDS = 0.01
+    settings.LLM_BACKOFF_CAP_SECONDS = 2.0
+    fake = FakeOpenAI().start()
     yield fake
     fake.stop()

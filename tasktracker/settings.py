@@ -170,6 +170,10 @@ CACHES = {
 # than the hard time limit, itself longer than any LLM call, so a slow task is never
 # delivered twice while it is still running.
 LLM_TIMEOUT_SECONDS = env.float("LLM_TIMEOUT_SECONDS", default=120.0)
+# The gateway's retries (agents/llm.py, the only retry layer for LLM calls).
+LLM_MAX_ATTEMPTS = env.int("LLM_MAX_ATTEMPTS", default=4)
+LLM_BACKOFF_BASE_SECONDS = env.float("LLM_BACKOFF_BASE_SECONDS", default=1.0)
+LLM_BACKOFF_CAP_SECONDS = env.float("LLM_BACKOFF_CAP_SECONDS", default=30.0)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=30 * 60)
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 60
 if CELERY_TASK_SOFT_TIME_LIMIT <= LLM_TIMEOUT_SECONDS * 4:

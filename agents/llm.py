@@ -1,0 +1,296 @@
+"""The LLM gateway: the only code that talks to the `openai` client.
+
+`complete_json` sends one structured-output request to a provider's OpenAI-compatible
+endpoint and returns the parsed, schema-validated answer with its usage. It owns every
+retry (the SDK's own are off): 429, 5xx, timeouts and connection errors are retried with
+exponential backoff and jitter, honouring Retry-After; a refused key, an exhausted quota
+or an unknown model are permanent. A truncated answer (finish_reason=length), a refusal
+and an answer that is not valid JSON for the schema are reported as such, not retried.
+Concurrency and rate limits per provider hold across every worker (`agents.limits`).
+API keys never reach a log line or an error message.
+"""
+
+import json
+import logging
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import openai
+from django.conf import settings
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from agents.limits import LimitTimeout, provider_slot, take_rate_token
+from agents.models import LLMProvider
+
+logger = logging.getLogger(__name__)
+
+# Response formats, best first: servers that lack one get the next.
+JSON_SCHEMA, JSON_OBJECT, PLAIN = "json_schema", "json_object", "plain"
+_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.IGNORECASE)
+
+
+class LLMError(Exception):
+    """An LLM call that gave no usable answer. `kind` says why; `permanent` ones are not
+    worth retrying later (a refused key, an exhausted quota, an unknown model)."""
+
+    PERMANENT_KINDS = frozenset({"auth", "quota", "model_not_found", "bad_request"})
+
+    def __init__(self, kind: str, message: str, usage: "LLMUsage | None" = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.usage = usage or LLMUsage()
+
+    @property
+    def permanent(self) -> bool:
+        return self.kind in self.PERMANENT_KINDS
+
+
+@dataclass
+class LLMUsage:
+    calls: int = 0
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_seconds: float = 0.0
+    cost: Decimal = field(default_factory=Decimal)
+
+    def add_call(self, provider: LLMProvider, usage: Any, seconds: float) -> None:
+        self.calls += 1
+        self.latency_seconds += seconds
+        if usage is None:
+            return
+        prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion = int(getattr(usage, "completion_tokens", 0) or 0)
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        self.cost += (
+            Decimal(prompt) * provider.price_per_1k_input + Decimal(completion) * provider.price_per_1k_output
+        ) / 1000
+
+
+@dataclass
+class LLMResult:
+    data: dict[str, Any]
+    usage: LLMUsage
+    model: str
+    response_format: str
+
+
+def _client(provider: LLMProvider) -> openai.OpenAI:
+    return openai.OpenAI(
+        # Local servers (Ollama, llama.cpp) take any key; the client insists on one.
+        api_key=provider.api_key or "no-key",
+        base_url=provider.base_url,
+        timeout=provider.timeout_seconds,
+        max_retries=0,
+    )
+
+
+def validate_schema(schema: dict[str, Any]) -> None:
+    """Raise ValueError with the reason when `schema` is not a valid JSON Schema."""
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise ValueError(f"Not a valid JSON Schema: {exc.message}") from exc
+
+
+def parse_answer(content: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """Parse an answer tolerantly (code fences, prose around the object) and validate it."""
+    text = _FENCE.sub("", content.strip())
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        start, end = text.find("{"), text.rfind("}")
+        if start < 0 or end <= start:
+            raise LLMError("malformed", "The answer is not JSON.") from None
+        try:
+            data = json.loads(text[start : end + 1])
+        except json.JSONDecodeError as exc:
+            raise LLMError("malformed", f"The answer is not valid JSON: {exc.msg}.") from None
+    errors = sorted(Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        where = "/".join(str(p) for p in first.absolute_path) or "the answer"
+        raise LLMError("schema_invalid", f"The answer does not match the schema at {where}: {first.message}")
+    return data
+
+
+def _response_format(kind: str, schema: dict[str, Any], name: str) -> dict[str, Any] | None:
+    if kind == JSON_SCHEMA:
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+    if kind == JSON_OBJECT:
+        return {"type": "json_object"}
+    return None
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    value = exc.response.headers.get("retry-after") if exc.response is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    base = settings.LLM_BACKOFF_BASE_SECONDS * 2 ** (attempt - 1)
+    delay = min(settings.LLM_BACKOFF_CAP_SECONDS, base) * random.uniform(0.5, 1.0)  # noqa: S311 (jitter)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, settings.LLM_BACKOFF_CAP_SECONDS))
+    return delay
+
+
+def _error_code(exc: openai.APIStatusError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error", body) if isinstance(body, dict) else {}
+    return str((error or {}).get("code") or (error or {}).get("type") or "")
+
+
+def _rejects_response_format(exc: openai.BadRequestError) -> bool:
+    return "response_format" in str(exc.message).lower() or "json_schema" in str(exc.message).lower()
+
+
+def complete_json(
+    *,
+    provider: LLMProvider,
+    model: str,
+    system_prompt: str,
+    user_prompt: str,
+    schema: dict[str, Any],
+    schema_name: str = "answer",
+    temperature: float = 0.2,
+    max_output_tokens: int = 2048,
+) -> LLMResult:
+    """Ask for a JSON answer matching `schema`; return it parsed, with usage.
+
+    Raises `LLMError` (with the usage spent so far) when no usable answer came.
+    """
+    client = _client(provider)
+    usage = LLMUsage()
+    formats = [JSON_SCHEMA, JSON_OBJECT, PLAIN]
+    max_attempts = settings.LLM_MAX_ATTEMPTS
+    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": user_prompt}]
+    attempt = 0
+    while True:
+        attempt += 1
+        usage.attempts = attempt
+        retry_after: float | None = None
+        fmt = formats[0]
+        try:
+            take_rate_token(provider.pk, requests_per_minute=provider.requests_per_minute, wait_seconds=300)
+            with provider_slot(
+                provider.pk,
+                max_concurrency=provider.max_concurrency,
+                lease_seconds=provider.timeout_seconds + 30,
+                wait_seconds=300,
+            ):
+                started = time.monotonic()
+                try:
+                    response = client.chat.completions.create(
+                        model=model,
+                        messages=messages,
+                        temperature=temperature,
+                        max_tokens=max_output_tokens,
+                        response_format=_response_format(fmt, schema, schema_name) or openai.omit,
+                    )
+                finally:
+                    elapsed = time.monotonic() - started
+            usage.add_call(provider, response.usage, elapsed)
+        except LimitTimeout as exc:
+            raise LLMError("rate_limited", str(exc), usage) from None
+        except openai.AuthenticationError:
+            raise LLMError("auth", f"{provider.name} refused the API key.", usage) from None
+        except openai.PermissionDeniedError:
+            raise LLMError("auth", f"{provider.name} denied access to model {model}.", usage) from None
+        except openai.NotFoundError:
+            raise LLMError("model_not_found", f"{provider.name} has no model {model!r}.", usage) from None
+        except openai.BadRequestError as exc:
+            usage.calls += 1
+            if _rejects_response_format(exc) and len(formats) > 1:
+                logger.info("%s does not take response_format %s; falling back", provider.name, fmt)
+                formats.pop(0)
+                attempt -= 1  # a format fallback is not a failed attempt
+                continue
+            raise LLMError(
+                "bad_request", f"{provider.name} refused the request: {exc.message}", usage
+            ) from None
+        except openai.RateLimitError as exc:
+            usage.calls += 1
+            if _error_code(exc) == "insufficient_quota":
+                raise LLMError(
+                    "quota", f"{provider.name}: the account's quota is exhausted.", usage
+                ) from None
+            retry_after = _retry_after(exc)
+            reason = "rate_limited"
+        except openai.APIStatusError as exc:
+            usage.calls += 1
+            if exc.status_code < 500:
+                raise LLMError("bad_request", f"{provider.name} answered {exc.status_code}.", usage) from None
+            retry_after = _retry_after(exc)
+            reason = "server_error"
+        except openai.APITimeoutError:
+            usage.calls += 1
+            reason = "timeout"
+        except openai.APIConnectionError:
+            usage.calls += 1
+            reason = "connection"
+        else:
+            return _answer(response, schema=schema, usage=usage, model=model, fmt=fmt)
+        if attempt >= max_attempts:
+            raise LLMError(
+                reason, f"{provider.name}: {reason.replace('_', ' ')} after {attempt} attempts.", usage
+            )
+        delay = _backoff(attempt, retry_after)
+        logger.warning("%s: %s on attempt %d; retrying in %.1f s", provider.name, reason, attempt, delay)
+        time.sleep(delay)
+
+
+def _answer(response: Any, *, schema: dict[str, Any], usage: LLMUsage, model: str, fmt: str) -> LLMResult:
+    if not response.choices:
+        raise LLMError("malformed", "The answer has no choices.", usage)
+    choice = response.choices[0]
+    refusal = getattr(choice.message, "refusal", None)
+    if refusal:
+        raise LLMError("refused", f"The model refused: {refusal}", usage)
+    if choice.finish_reason == "length":
+        raise LLMError("truncated", "The answer was cut off at the output token limit.", usage)
+    try:
+        data = parse_answer(choice.message.content or "", schema)
+    except LLMError as exc:
+        exc.usage = usage
+        raise
+    return LLMResult(data=data, usage=usage, model=model, response_format=fmt)
+
+
+def list_models(*, provider: LLMProvider) -> list[str]:
+    """The provider's model ids (GET /models). Raises LLMError when it cannot be reached."""
+    try:
+        return sorted(model.id for model in _client(provider).models.list())
+    except openai.AuthenticationError:
+        raise LLMError("auth", f"{provider.name} refused the API key.") from None
+    except openai.APIStatusError as exc:
+        raise LLMError(
+            "bad_request", f"{provider.name} answered {exc.status_code} to the model list."
+        ) from None
+    except openai.APITimeoutError:
+        raise LLMError(
+            "timeout", f"{provider.name} did not answer in {provider.timeout_seconds:.0f} s."
+        ) from None
+    except openai.APIConnectionError:
+        raise LLMError("connection", f"{provider.name} cannot be reached at {provider.base_url}.") from None
+
+
+__all__ = [
+    "LLMError",
+    "LLMResult",
+    "LLMUsage",
+    "complete_json",
+    "list_models",
+    "parse_answer",
+    "validate_schema",
+]
