@@ -1,9 +1,20 @@
-from django.contrib import admin
+import logging
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils.text import Truncator
 
+from sources.forms import ExportUploadForm
+from sources.management.commands.import_telegram_export import describe_import
 from sources.models import Chat, Message, MessageEdit, PollingState, TelegramUpdate
+from sources.services import ImportResult, import_telegram_export
+from tasktracker.exceptions import DomainError
+
+logger = logging.getLogger(__name__)
 
 # Messages, their edits and the Bot API bookkeeping are written by the ingestion services
 # only (idempotent on (chat, Telegram message id), edits recorded as `MessageEdit` rows):
@@ -28,6 +39,65 @@ class ChatAdmin(admin.ModelAdmin):
     @admin.display(description="Messages", ordering="message_count")
     def message_count(self, obj: Chat) -> int:
         return obj.message_count
+
+    def get_urls(self) -> list[URLPattern]:
+        # Before the default URLs: their `<path:object_id>/` would take `import-export/`.
+        return [
+            path(
+                "import-export/",
+                self.admin_site.admin_view(self.import_export_view),
+                name="sources_chat_import_export",
+            ),
+            *super().get_urls(),
+        ]
+
+    def import_export_view(self, request: HttpRequest) -> HttpResponse:
+        """Upload a Telegram Desktop export and import it with the same service as the
+        `import_telegram_export` command.
+
+        The import runs within the request. Django spools a large upload to a temporary
+        file, and the service streams it from there, so memory stays flat; but the counts
+        are only shown at the end, and the progress per chunk goes to the log.
+        """
+        # Importing writes messages, which no one can add by hand: the permission says who may.
+        if not request.user.has_perm("sources.add_message"):
+            raise PermissionDenied
+        form = (
+            ExportUploadForm(request.POST, request.FILES) if request.method == "POST" else ExportUploadForm()
+        )
+        if form.is_bound and form.is_valid():
+            uploaded = form.cleaned_data["export"]
+
+            def log_progress(result: ImportResult) -> None:
+                logger.info(
+                    "Importing %s: %d messages read, %d new, %d updated, %d unchanged, %d skipped",
+                    uploaded.name,
+                    result.messages_read,
+                    result.created,
+                    result.updated,
+                    result.unchanged,
+                    result.skipped_total,
+                )
+
+            try:
+                with uploaded.open("rb") as source:
+                    result = import_telegram_export(
+                        path_or_file=source,
+                        chat_telegram_id=form.cleaned_data["chat_id"],
+                        progress=log_progress,
+                    )
+            except DomainError as exc:
+                self.message_user(request, exc.message, messages.ERROR)
+            else:
+                self.message_user(request, describe_import(result), messages.SUCCESS)
+                return HttpResponseRedirect(reverse("admin:sources_chat_changelist"))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Import Telegram export",
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/sources/chat/import_export.html", context)
 
 
 class MessageEditInline(admin.TabularInline):
