@@ -492,3 +492,58 @@ def polling_offset(*, bot_id: int) -> int | None:
     """The getUpdates offset that confirms every update stored so far (None: start afresh)."""
     last = PollingState.objects.filter(bot_id=bot_id).values_list("last_update_id", flat=True).first()
     return last + 1 if last else None
+
+
+# At most this many messages per `ingest_messages` call (and so per API request): one
+# transaction stays short, and a client's retry of a failed batch stays cheap.
+BULK_MAX_MESSAGES = 1000
+
+
+class ChatData(TypedDict, total=False):
+    """A chat in the shape `get_or_create_chat` takes, as an integration sends it."""
+
+    telegram_id: Required[int]
+    type: Required[str]
+    title: str
+    username: str
+
+
+@transaction.atomic
+def ingest_messages(*, chat: ChatData, messages: list[MessageData]) -> UpsertCounts:
+    """Store messages of one chat sent by an integration: the chat is got or created (a
+    changed title written over the stored one) and the messages upserted, all in one
+    transaction, so a failure writes nothing. Idempotent like `upsert_messages`.
+
+    Raises `DomainError` for more than `BULK_MAX_MESSAGES` messages or a Telegram id given
+    twice: unlike an export, where the last copy wins, a batch naming one message twice
+    says two different things about it. The API validates both before calling.
+    """
+    if len(messages) > BULK_MAX_MESSAGES:
+        raise DomainError(
+            f"At most {BULK_MAX_MESSAGES} messages per batch; {len(messages)} were given.",
+            code="too_many_messages",
+        )
+    ids = [m["telegram_id"] for m in messages]
+    if len(set(ids)) != len(ids):
+        raise DomainError("A batch names a Telegram message id twice.", code="duplicate_message")
+    stored_chat = get_or_create_chat(
+        telegram_id=chat["telegram_id"],
+        title=chat.get("title", ""),
+        type=chat["type"],
+        username=chat.get("username", ""),
+    )
+    return upsert_messages(chat=stored_chat, messages=messages)
+
+
+@transaction.atomic
+def update_chat(*, chat: Chat, title: str | None = None, is_active: bool | None = None) -> Chat:
+    """Rename a chat or switch it on or off (`None` leaves a field as it is). A chat
+    switched off keeps storing its messages; runs skip it. A title set here lasts until
+    Telegram reports a new one (`get_or_create_chat` writes renames over it)."""
+    changes = {"title": title, "is_active": is_active}
+    changed = [name for name, value in changes.items() if value is not None and getattr(chat, name) != value]
+    for name in changed:
+        setattr(chat, name, changes[name])
+    if changed:
+        chat.save(update_fields=[*changed, "updated_at"])
+    return chat

@@ -1,0 +1,370 @@
+"""The API of the `sources` app: chats, messages, and bulk ingestion for integrations.
+
+Mounted under `/api/v1/` by `tasktracker.api_urls`. Views only check permissions,
+validate and call `sources.selectors` (reads) or `sources.services` (writes).
+"""
+
+from datetime import datetime
+from typing import Any
+
+from django.core.validators import MaxLengthValidator, MinLengthValidator
+from django.db.models import QuerySet
+from django.utils import timezone
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, permissions, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import JSONParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.routers import SimpleRouter
+from rest_framework.views import APIView
+
+from sources.models import Chat, Message, MessageEdit
+from sources.selectors import chat_detail, chat_list, message_detail, message_list
+from sources.services import BULK_MAX_MESSAGES, ingest_messages, update_chat
+from tasktracker.exceptions import DomainError
+
+# Telegram caps a message at 4096 characters and a caption at 1024; the headroom is for
+# integrations bridging other chat tools. Longer text is refused, not cut.
+BULK_MAX_TEXT_LENGTH = 10_000
+# DRF parses the body without Django's DATA_UPLOAD_MAX_MEMORY_SIZE check, so the bulk
+# endpoint bounds it itself: room for a full batch of long messages, not for abuse.
+BULK_MAX_BODY_BYTES = 16 * 1024 * 1024
+_BIGINT_MAX = 2**63 - 1
+_BIGINT_MIN = -(2**63)
+
+
+# Permissions
+
+
+class IsStaffOrReadOnly(permissions.BasePermission):
+    """Any signed-in user reads; only staff change."""
+
+    message = "Only staff users can change chats."
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        user = request.user
+        if not (user and user.is_authenticated):
+            return False
+        return request.method in permissions.SAFE_METHODS or user.is_staff
+
+
+class CanIngestMessages(permissions.BasePermission):
+    """Staff, or an integration's user given the `sources.add_message` permission."""
+
+    message = "Posting messages takes a staff user or the sources.add_message permission."
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        user = request.user
+        return bool(
+            user and user.is_authenticated and (user.is_staff or user.has_perm("sources.add_message"))
+        )
+
+
+# Serializers
+
+
+class AwareDateTimeField(serializers.DateTimeField):
+    """An ISO 8601 datetime that must carry its UTC offset. DRF would read a naive one in
+    the server's time zone, shifting the messages of a client elsewhere by hours."""
+
+    default_error_messages = {
+        "naive": "Give the time zone, e.g. 2024-05-01T09:30:00Z or 2024-05-01T11:30:00+02:00.",
+    }
+
+    def enforce_timezone(self, value: datetime) -> datetime:
+        # Also called on output, where values from the database are always aware.
+        if timezone.is_naive(value):
+            self.fail("naive")
+        return super().enforce_timezone(value)
+
+
+class ChatSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Chat
+        fields = ["id", "telegram_id", "title", "type", "username", "is_active", "created_at", "updated_at"]
+        read_only_fields = fields
+
+
+class ChatUpdateSerializer(serializers.Serializer):
+    title = serializers.CharField(
+        max_length=255,
+        allow_blank=True,
+        required=False,
+        help_text="Kept until Telegram reports a new title for the chat.",
+    )
+    is_active = serializers.BooleanField(
+        required=False, help_text="Off: the chat's messages are still stored, but runs skip it."
+    )
+
+
+class MessageEditSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = MessageEdit
+        fields = ["previous_text", "previous_edited_at", "edited_at", "recorded_at"]
+        read_only_fields = fields
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    chat_title = serializers.CharField(source="chat.title", read_only=True)
+    link = serializers.CharField(read_only=True, help_text="t.me link to the message; empty where none.")
+
+    class Meta:
+        model = Message
+        fields = [
+            "id",
+            "chat",
+            "chat_title",
+            "telegram_id",
+            "author_id",
+            "author_name",
+            "text",
+            "sent_at",
+            "edited_at",
+            "reply_to_telegram_id",
+            "forwarded_from",
+            "link",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class MessageDetailSerializer(MessageSerializer):
+    edits = MessageEditSerializer(many=True, read_only=True, help_text="Earlier texts, oldest first.")
+
+    class Meta(MessageSerializer.Meta):
+        fields = [*MessageSerializer.Meta.fields, "edits"]
+        read_only_fields = fields
+
+
+class ChatInSerializer(serializers.Serializer):
+    telegram_id = serializers.IntegerField(
+        min_value=_BIGINT_MIN, max_value=_BIGINT_MAX, help_text="The chat's Bot API id."
+    )
+    title = serializers.CharField(max_length=255, allow_blank=True)
+    type = serializers.ChoiceField(choices=Chat.Type.choices)
+    username = serializers.RegexField(
+        r"^[A-Za-z0-9_]*$",
+        max_length=64,
+        allow_blank=True,
+        required=False,
+        default="",
+        help_text="Public username without the @, if the chat has one.",
+        error_messages={"invalid": "Letters, digits and underscores only, without the @."},
+    )
+
+
+class MessageInSerializer(serializers.Serializer):
+    telegram_id = serializers.IntegerField(
+        min_value=1, max_value=_BIGINT_MAX, help_text="Telegram's message id, unique within the chat."
+    )
+    sent_at = AwareDateTimeField(help_text="ISO 8601 with a time zone.")
+    text = serializers.CharField(
+        max_length=BULK_MAX_TEXT_LENGTH,
+        allow_blank=True,
+        trim_whitespace=False,
+        help_text=f"Text or caption, at most {BULK_MAX_TEXT_LENGTH} characters; empty for bare media. "
+        "The message's whole current text: a different text with a later `edited_at` is an edit.",
+    )
+    author_id = serializers.IntegerField(
+        min_value=_BIGINT_MIN, max_value=_BIGINT_MAX, allow_null=True, required=False, default=None
+    )
+    author_name = serializers.CharField(max_length=255, allow_blank=True, required=False, default="")
+    edited_at = AwareDateTimeField(
+        allow_null=True, required=False, default=None, help_text="When last edited, if ever."
+    )
+    reply_to_telegram_id = serializers.IntegerField(
+        min_value=1, max_value=_BIGINT_MAX, allow_null=True, required=False, default=None
+    )
+    forwarded_from = serializers.CharField(max_length=255, allow_blank=True, required=False, default="")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs["edited_at"] is not None and attrs["edited_at"] < attrs["sent_at"]:
+            raise serializers.ValidationError({"edited_at": "A message cannot be edited before it was sent."})
+        return attrs
+
+
+class MessageInListSerializer(serializers.ListSerializer):
+    default_error_messages = {
+        "empty": "Send at least one message.",
+        "max_length": "At most {max_length} messages per request; send the rest in further requests.",
+    }
+
+
+class BulkMessagesSerializer(serializers.Serializer):
+    chat = ChatInSerializer(help_text="Created on first sight; a new title is written over the stored one.")
+    messages = MessageInListSerializer(
+        child=MessageInSerializer(),
+        allow_empty=False,
+        max_length=BULK_MAX_MESSAGES,
+        # Only for the schema's minItems and maxItems: the list checks both before its items.
+        validators=[MinLengthValidator(1), MaxLengthValidator(BULK_MAX_MESSAGES)],
+        help_text=f"1 to {BULK_MAX_MESSAGES} messages of the chat, each Telegram id once.",
+    )
+
+    def validate_messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        seen: set[int] = set()
+        errors: list[dict[str, list[str]]] = []
+        for message in messages:
+            telegram_id = message["telegram_id"]
+            duplicate = telegram_id in seen
+            seen.add(telegram_id)
+            errors.append({"telegram_id": [f"Message {telegram_id} is given twice."]} if duplicate else {})
+        if any(errors):
+            # One entry per message, like DRF's own list errors, so a client finds the culprits.
+            raise serializers.ValidationError(errors)
+        return messages
+
+
+class IngestCountsSerializer(serializers.Serializer):
+    created = serializers.IntegerField(help_text="Messages stored for the first time.")
+    updated = serializers.IntegerField(help_text="Stored messages whose text changed; the old text is kept.")
+    unchanged = serializers.IntegerField(help_text="Messages already stored as given (or given older).")
+
+
+# Filters
+
+
+class ChatFilter(filters.FilterSet):
+    class Meta:
+        model = Chat
+        fields = ["is_active", "type"]
+
+
+class MessageFilter(filters.FilterSet):
+    chat = filters.NumberFilter(field_name="chat_id", help_text="The chat's id in Tasktracker.")
+    chat_telegram_id = filters.NumberFilter(
+        field_name="chat__telegram_id", help_text="The chat's Bot API id."
+    )
+    author_id = filters.NumberFilter(help_text="The author's Telegram user id.")
+    sent_after = filters.IsoDateTimeFilter(
+        field_name="sent_at", lookup_expr="gte", help_text="Sent at or after this time (ISO 8601)."
+    )
+    sent_before = filters.IsoDateTimeFilter(
+        field_name="sent_at", lookup_expr="lt", help_text="Sent before this time (ISO 8601), exclusive."
+    )
+
+    class Meta:
+        model = Message
+        fields = ["chat", "chat_telegram_id", "author_id", "sent_after", "sent_before"]
+
+
+# Views
+
+
+def _content_length(request: Request) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List chats",
+        description="Chats by title. Filter by `is_active` and `type`; `search` looks in the title.",
+    ),
+    retrieve=extend_schema(summary="Get a chat"),
+    partial_update=extend_schema(
+        summary="Rename a chat or switch it on or off",
+        description="Staff only. Changes `title` and `is_active`; other fields are ignored. A chat "
+        "switched off keeps storing its messages, but analysis runs skip it.",
+        request=ChatUpdateSerializer,
+        responses={200: ChatSerializer, 403: OpenApiResponse(description="Not a staff user.")},
+    ),
+)
+class ChatViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    # PATCH and no PUT (no `update`): a PUT would have to send fields Telegram owns.
+    serializer_class = ChatSerializer
+    permission_classes = [IsStaffOrReadOnly]
+    filterset_class = ChatFilter
+    search_fields = ["title"]
+    ordering_fields = ["title", "created_at"]
+    lookup_value_regex = r"\d+"
+
+    def get_queryset(self) -> QuerySet[Chat]:
+        return chat_list() if self.action == "list" else chat_detail()
+
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        chat = self.get_object()
+        changes = ChatUpdateSerializer(data=request.data, partial=True)
+        changes.is_valid(raise_exception=True)
+        chat = update_chat(chat=chat, **changes.validated_data)
+        return Response(ChatSerializer(chat).data)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List messages",
+        description="Messages of every chat, oldest first. Filter by `chat` (or `chat_telegram_id`), "
+        "`author_id` and a time window (`sent_after` inclusive, `sent_before` exclusive); `search` "
+        "looks in the text; `ordering=-sent_at` gives newest first.",
+    ),
+    retrieve=extend_schema(summary="Get a message with its edit history"),
+)
+class MessageViewSet(viewsets.ReadOnlyModelViewSet):
+    permission_classes = [permissions.IsAuthenticated]
+    filterset_class = MessageFilter
+    search_fields = ["text"]
+    ordering_fields = ["sent_at", "id"]
+    lookup_value_regex = r"\d+"
+
+    def get_queryset(self) -> QuerySet[Message]:
+        return message_list() if self.action == "list" else message_detail()
+
+    def get_serializer_class(self) -> type[serializers.BaseSerializer]:
+        if self.action == "bulk":
+            return BulkMessagesSerializer
+        return MessageDetailSerializer if self.action == "retrieve" else MessageSerializer
+
+    @extend_schema(
+        summary="Store a batch of messages of one chat",
+        description=(
+            "For integrations. Creates the chat if new and stores up to "
+            f"{BULK_MAX_MESSAGES} messages in one transaction: a request that fails writes nothing. "
+            "Idempotent on (chat, Telegram message id): a message already stored as given counts as "
+            "`unchanged`; one with a different text and a later `edited_at` is `updated`, its previous "
+            "text kept in its edit history. Datetimes need a time zone. Duplicate ids in one request, "
+            f"an empty list, more than {BULK_MAX_MESSAGES} messages or a body over "
+            f"{BULK_MAX_BODY_BYTES // (1024 * 1024)} MiB are refused. Takes a staff user or the "
+            "`sources.add_message` permission (token or session)."
+        ),
+        request=BulkMessagesSerializer,
+        responses={
+            200: IngestCountsSerializer,
+            400: OpenApiResponse(description="Invalid payload; field errors, nothing written."),
+            403: OpenApiResponse(description="Neither staff nor granted `sources.add_message`."),
+            413: OpenApiResponse(description=f"Body over {BULK_MAX_BODY_BYTES // (1024 * 1024)} MiB."),
+        },
+    )
+    @action(
+        detail=False,
+        methods=["post"],
+        url_path="bulk",
+        permission_classes=[CanIngestMessages],
+        parser_classes=[JSONParser],
+        filter_backends=[],
+        pagination_class=None,
+    )
+    def bulk(self, request: Request) -> Response:
+        # Checked before `request.data` parses the body.
+        if _content_length(request) > BULK_MAX_BODY_BYTES:
+            raise DomainError(
+                f"The body is over {BULK_MAX_BODY_BYTES} bytes; send fewer messages per request.",
+                code="too_large",
+                status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            )
+        payload = BulkMessagesSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        counts = ingest_messages(**payload.validated_data)
+        return Response(IngestCountsSerializer(counts).data)
+
+
+router = SimpleRouter()
+router.register("chats", ChatViewSet, basename="chat")
+router.register("messages", MessageViewSet, basename="message")
+
+app_name = "sources"
+urlpatterns = router.urls
