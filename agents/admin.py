@@ -1,11 +1,17 @@
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
 
 from agents.models import Agent, AgentTaskAssignment, LLMProvider, TaskConfig
+from agents.prompts import PromptMessage
+from agents.services import request_provider_check, sample_messages, test_agent
 
 
 class LLMProviderForm(forms.ModelForm):
@@ -96,9 +102,25 @@ class LLMProviderAdmin(admin.ModelAdmin):
         "updated_at",
     ]
 
+    actions = ["check_health"]
+
     @admin.display(description="Current API key")
     def masked_api_key(self, obj: LLMProvider) -> str:
         return obj.api_key_masked or self.get_empty_value_display()
+
+    def save_model(self, request: HttpRequest, obj: LLMProvider, form: forms.ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        # A new provider, or a new address or key, is checked again in the background.
+        if not change or {"base_url", "api_key", "clear_api_key"} & set(form.changed_data):
+            request_provider_check(provider=obj)
+
+    @admin.action(description="Check health (model list) now")
+    def check_health(self, request: HttpRequest, queryset: QuerySet[LLMProvider]) -> None:
+        for provider in queryset:
+            request_provider_check(provider=provider)
+        self.message_user(
+            request, f"Checking {len(queryset)} provider(s) in the background.", messages.SUCCESS
+        )
 
 
 class AssignmentInline(admin.TabularInline):
@@ -124,8 +146,66 @@ class AgentAssignmentInline(AssignmentInline):
     autocomplete_fields = ["agent"]
 
 
+class AgentForm(forms.ModelForm):
+    class Meta:
+        model = Agent
+        fields = [
+            "name",
+            "provider",
+            "model",
+            "is_active",
+            "system_prompt",
+            "temperature",
+            "max_output_tokens",
+            "batch_token_budget",
+        ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Offer the models the providers reported at their last health check.
+        models = sorted({m for p in LLMProvider.objects.filter(is_active=True) for m in p.available_models})
+        self.fields["model"].widget.attrs["list"] = "provider-models"
+        self.fields["model"].help_text = "Models the provider reported: " + (", ".join(models) or "none yet")
+
+    def clean_provider(self) -> LLMProvider:
+        provider = self.cleaned_data["provider"]
+        if not provider.is_active:
+            raise forms.ValidationError("This provider is switched off; choose an active one.")
+        return provider
+
+
+class AgentTestForm(forms.Form):
+    task_config = forms.ModelChoiceField(queryset=TaskConfig.objects.none(), required=False)
+    sample = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 8, "cols": 100}),
+        required=False,
+        help_text="One message a line as `Author: text`. Empty: a built-in sample chat.",
+    )
+
+    def __init__(self, *args: Any, agent: Agent, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["task_config"].queryset = agent.task_configs.filter(is_active=True)
+
+    def clean_sample(self) -> list[PromptMessage] | None:
+        lines = [line.strip() for line in self.cleaned_data["sample"].splitlines() if line.strip()]
+        if not lines:
+            return None
+        template = sample_messages()[0]
+        result = []
+        for number, line in enumerate(lines, start=1):
+            author, _, text = line.partition(":")
+            if not text.strip():
+                raise forms.ValidationError(f"Line {number} is not `Author: text`.")
+            result.append(
+                PromptMessage(id=number, sent_at=template.sent_at, author=author.strip(), text=text.strip())
+            )
+        return result
+
+
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
+    form = AgentForm
+    change_form_template = "admin/agents/agent/change_form.html"
     list_display = [
         "name",
         "provider",
@@ -149,6 +229,40 @@ class AgentAdmin(admin.ModelAdmin):
         ("History", {"fields": ["created_at", "updated_at"]}),
     ]
     inlines = [TaskConfigAssignmentInline]
+
+    def get_urls(self) -> list[URLPattern]:
+        test_url = path(
+            "<int:agent_id>/test/", self.admin_site.admin_view(self.test_view), name="agents_agent_test"
+        )
+        return [test_url, *super().get_urls()]
+
+    def test_view(self, request: HttpRequest, agent_id: int) -> HttpResponse:
+        """ "Test this agent": sample messages in, the proposals, latency, tokens and cost out."""
+        agent = get_object_or_404(Agent.objects.select_related("provider"), pk=agent_id)
+        if not self.has_change_permission(request, agent):
+            raise PermissionDenied
+        form = AgentTestForm(request.POST or None, agent=agent)
+        result = None
+        if request.method == "POST" and form.is_valid():
+            result = test_agent(
+                agent=agent,
+                task_config=form.cleaned_data["task_config"],
+                messages=form.cleaned_data["sample"],
+            )
+            if result.ok:
+                self.message_user(request, f"{agent} answered with {len(result.proposals)} proposal(s).")
+            else:
+                self.message_user(request, result.error, messages.ERROR)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": agent,
+            "title": f"Test {agent}",
+            "form": form,
+            "result": result,
+            "sample": sample_messages(),
+        }
+        return TemplateResponse(request, "admin/agents/agent/test.html", context)
 
 
 @admin.register(TaskConfig)

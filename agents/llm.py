@@ -108,7 +108,7 @@ def parse_answer(content: str, schema: dict[str, Any]) -> dict[str, Any]:
     except json.JSONDecodeError:
         start, end = text.find("{"), text.rfind("}")
         if start < 0 or end <= start:
-            raise LLMError("malformed", "The answer is not JSON.") from None
+            raise LLMError("malformed", "The answer is not valid JSON.") from None
         try:
             data = json.loads(text[start : end + 1])
         except json.JSONDecodeError as exc:
@@ -242,12 +242,20 @@ def complete_json(
         else:
             return _answer(response, schema=schema, usage=usage, model=model, fmt=fmt)
         if attempt >= max_attempts:
-            raise LLMError(
-                reason, f"{provider.name}: {reason.replace('_', ' ')} after {attempt} attempts.", usage
-            )
+            raise LLMError(reason, _give_up_message(provider, reason, attempt), usage)
         delay = _backoff(attempt, retry_after)
         logger.warning("%s: %s on attempt %d; retrying in %.1f s", provider.name, reason, attempt, delay)
         time.sleep(delay)
+
+
+def _give_up_message(provider: LLMProvider, reason: str, attempts: int) -> str:
+    what = {
+        "connection": f"cannot be reached at {provider.base_url}",
+        "timeout": f"did not answer within {provider.timeout_seconds:.0f} s",
+        "rate_limited": "kept answering 429 (rate limited)",
+        "server_error": "kept answering with server errors",
+    }[reason]
+    return f"{provider.name} {what} ({attempts} attempts)."
 
 
 def _answer(response: Any, *, schema: dict[str, Any], usage: LLMUsage, model: str, fmt: str) -> LLMResult:

@@ -2,6 +2,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from agents.crypto import decrypt, encrypt
+from agents.validators import validate_json_schema, validate_llm_base_url
 
 
 class LLMProvider(models.Model):
@@ -14,7 +15,9 @@ class LLMProvider(models.Model):
         ERROR = "error", "Error"
 
     name = models.CharField(max_length=100, unique=True)
-    base_url = models.URLField(max_length=500, help_text="e.g. https://api.openai.com/v1")
+    base_url = models.URLField(
+        max_length=500, validators=[validate_llm_base_url], help_text="e.g. https://api.openai.com/v1"
+    )
     # Fernet token of the key; read and written through `api_key`, never shown back.
     api_key_encrypted = models.TextField(blank=True, editable=False)
     timeout_seconds = models.FloatField(default=60.0, validators=[MinValueValidator(1.0)])
@@ -98,7 +101,9 @@ class TaskConfig(models.Model):
     name = models.CharField(max_length=100, unique=True)
     description = models.TextField(blank=True)
     instructions = models.TextField()
-    response_schema = models.JSONField(help_text="JSON Schema the LLM's answer must satisfy.")
+    response_schema = models.JSONField(
+        validators=[validate_json_schema], help_text="JSON Schema the LLM's answer must satisfy."
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -1,0 +1,158 @@
+"""Writes of the `agents` app: providers, agents, task configs, and their checks."""
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from agents import tasks
+from agents.llm import LLMError, complete_json, list_models
+from agents.models import Agent, AgentTaskAssignment, LLMProvider, TaskConfig
+from agents.prompts import PromptMessage, system_prompt, user_prompt
+from tasktracker.exceptions import DomainError
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_CHAT = [
+    ("Alice", "The Android app crashes right after tapping Log in on Android 14, 100% reproducible."),
+    ("Bob", "Confirmed on a Pixel 8. Stack trace points at the token refresh."),
+    ("Carol", "Can someone update the release checklist before Friday's 2.4 release?"),
+    ("Dave", "ok"),
+    ("Erin", "Could we add dark mode to the settings screen? Customers keep asking."),
+]
+
+
+def sample_messages() -> list[PromptMessage]:
+    start = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    return [
+        PromptMessage(id=i + 1, sent_at=start + timedelta(minutes=3 * i), author=author, text=text)
+        for i, (author, text) in enumerate(SAMPLE_CHAT)
+    ]
+
+
+def request_provider_check(*, provider: LLMProvider) -> None:
+    """Mark a provider pending and check it in the background once this transaction commits."""
+    LLMProvider.objects.filter(pk=provider.pk).update(health=LLMProvider.Health.PENDING, health_error="")
+    transaction.on_commit(lambda: tasks.check_provider_health_task.delay(provider.pk))
+
+
+def check_provider_health(*, provider_id: int) -> LLMProvider:
+    """Ask the provider for its model list: connected with the models, or error with why."""
+    updated = LLMProvider.objects.filter(pk=provider_id).update(health=LLMProvider.Health.VALIDATING)
+    if not updated:
+        raise DomainError(f"There is no provider {provider_id}.", code="not_found", status=404)
+    provider = LLMProvider.objects.get(pk=provider_id)
+    try:
+        models = list_models(provider=provider)
+    except LLMError as exc:
+        provider.health, provider.health_error = LLMProvider.Health.ERROR, exc.message
+    else:
+        provider.health, provider.health_error, provider.available_models = (
+            LLMProvider.Health.CONNECTED,
+            "",
+            models,
+        )
+    provider.health_checked_at = timezone.now()
+    provider.save(
+        update_fields=["health", "health_error", "available_models", "health_checked_at", "updated_at"]
+    )
+    return provider
+
+
+@transaction.atomic
+def assign_task_config(*, agent: Agent, task_config: TaskConfig) -> AgentTaskAssignment:
+    """Assign a task config to an agent; a second assignment of the same pair is a 409."""
+    try:
+        with transaction.atomic():
+            return AgentTaskAssignment.objects.create(agent=agent, task_config=task_config)
+    except IntegrityError:
+        raise DomainError(
+            f"{agent} already has the task config {task_config}.", code="already_assigned", status=409
+        ) from None
+
+
+@dataclass
+class AgentTestResult:
+    ok: bool
+    proposals: list[dict[str, Any]] = field(default_factory=list)
+    error: str = ""
+    error_kind: str = ""
+    latency_seconds: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: Decimal = field(default_factory=Decimal)
+    attempts: int = 0
+
+
+def test_agent(
+    *, agent: Agent, task_config: TaskConfig | None = None, messages: list[PromptMessage] | None = None
+) -> AgentTestResult:
+    """Send sample messages (given, or built in) to the agent and report what came back.
+
+    Never raises for the LLM's failures: an unreachable provider, a refused key, an
+    unknown model or a malformed answer come back as `error` sentences.
+    """
+    task_config = task_config or _default_task_config(agent)
+    started = time.monotonic()
+    try:
+        result = complete_json(
+            provider=agent.provider,
+            model=agent.model,
+            system_prompt=system_prompt(agent, task_config),
+            user_prompt=user_prompt(messages or sample_messages()),
+            schema=task_config.response_schema,
+            temperature=agent.temperature,
+            max_output_tokens=agent.max_output_tokens,
+        )
+    except LLMError as exc:
+        usage = exc.usage
+        return AgentTestResult(
+            ok=False,
+            error=_explain(exc),
+            error_kind=exc.kind,
+            latency_seconds=time.monotonic() - started,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cost=usage.cost,
+            attempts=usage.attempts,
+        )
+    usage = result.usage
+    return AgentTestResult(
+        ok=True,
+        proposals=list(result.data.get("proposals", [])),
+        latency_seconds=usage.latency_seconds,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cost=usage.cost,
+        attempts=usage.attempts,
+    )
+
+
+# `test_agent` is a service, not a pytest test.
+test_agent.__test__ = False  # type: ignore[attr-defined]
+
+
+def _default_task_config(agent: Agent) -> TaskConfig:
+    assignment = agent.assignments.select_related("task_config").filter(is_active=True).first()
+    if assignment is None:
+        raise DomainError(f"{agent} has no task config assigned.", code="no_task_config")
+    return assignment.task_config
+
+
+def _explain(exc: LLMError) -> str:
+    hints = {
+        "connection": "Check the base URL and that the server is running.",
+        "timeout": "The provider did not answer in time; raise its timeout or check the server.",
+        "auth": "Check the API key.",
+        "model_not_found": "Choose one of the provider's models.",
+        "malformed": "The model's answer was not JSON; try a stronger model or a lower temperature.",
+        "schema_invalid": "The model's answer did not match the task config's schema.",
+        "truncated": "Raise the agent's max output tokens.",
+    }
+    hint = hints.get(exc.kind, "")
+    return f"{exc.message} {hint}".strip()
