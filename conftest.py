@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from django.conf import settings
 from django.db import connection
 
 from tasktracker.celery import app as celery_app
@@ -48,7 +49,11 @@ def live_worker(django_db_setup: None, django_db_blocker: pytest.FixtureRequest)
             **os.environ,
             "DATABASE_URL": database_url_of_test_db(),
             "CONN_MAX_AGE": "0",
-            "SECRET_KEY": os.environ.get("SECRET_KEY", "test-secret-key-for-the-live-worker-0123456789"),
+            "LLM_BACKOFF_BASE_SECONDS": "0.05",
+            "LLM_BACKOFF_CAP_SECONDS": "0.5",
+            # The same keys as this process, so API keys it encrypted decrypt there.
+            "SECRET_KEY": settings.SECRET_KEY,
+            "FIELD_ENCRYPTION_KEY": settings.FIELD_ENCRYPTION_KEY,
         }
     celery_app.control.purge()
     process = subprocess.Popen(

@@ -8,9 +8,16 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import ProtectedError
 from django.utils import timezone
 
 from agents import tasks
+from agents.defaults import (
+    DEFAULT_INSTRUCTIONS,
+    DEFAULT_RESPONSE_SCHEMA,
+    DEFAULT_TASK_CONFIG_DESCRIPTION,
+    DEFAULT_TASK_CONFIG_NAME,
+)
 from agents.llm import LLMError, complete_json, list_models
 from agents.models import Agent, AgentTaskAssignment, LLMProvider, TaskConfig
 from agents.prompts import PromptMessage, system_prompt, user_prompt
@@ -25,6 +32,19 @@ SAMPLE_CHAT = [
     ("Dave", "ok"),
     ("Erin", "Could we add dark mode to the settings screen? Customers keep asking."),
 ]
+
+
+def ensure_default_task_config() -> TaskConfig:
+    """The "Extract tasks" config that ships with the product (a migration creates it)."""
+    task_config, _ = TaskConfig.objects.get_or_create(
+        name=DEFAULT_TASK_CONFIG_NAME,
+        defaults={
+            "description": DEFAULT_TASK_CONFIG_DESCRIPTION,
+            "instructions": DEFAULT_INSTRUCTIONS,
+            "response_schema": DEFAULT_RESPONSE_SCHEMA,
+        },
+    )
+    return task_config
 
 
 def sample_messages() -> list[PromptMessage]:
@@ -156,3 +176,79 @@ def _explain(exc: LLMError) -> str:
     }
     hint = hints.get(exc.kind, "")
     return f"{exc.message} {hint}".strip()
+
+
+# Written for the API; the admin's forms do the same through ModelAdmin.save_model.
+
+_PROVIDER_FIELDS = frozenset(
+    {
+        "name",
+        "base_url",
+        "timeout_seconds",
+        "max_concurrency",
+        "requests_per_minute",
+        "price_per_1k_input",
+        "price_per_1k_output",
+        "is_active",
+    }
+)
+
+
+def _check_provider_fields(fields: dict[str, Any]) -> None:
+    unknown = set(fields) - _PROVIDER_FIELDS
+    if unknown:
+        # A programming error, not a user's: health and the encrypted key are never set here.
+        raise TypeError(f"Not an editable provider field: {', '.join(sorted(unknown))}")
+
+
+@transaction.atomic
+def create_provider(*, api_key: str = "", **fields: Any) -> LLMProvider:
+    """Create a provider (its key stored encrypted) and check it in the background once
+    committed. `fields` are LLMProvider's editable fields, validated by the caller."""
+    _check_provider_fields(fields)
+    provider = LLMProvider(**fields)
+    provider.api_key = api_key
+    provider.save()
+    request_provider_check(provider=provider)
+    return provider
+
+
+@transaction.atomic
+def update_provider(*, provider: LLMProvider, api_key: str | None = None, **fields: Any) -> LLMProvider:
+    """Change a provider's editable fields. `api_key` None keeps the stored key, "" removes it.
+
+    A new base URL or key makes the provider pending and checks it again once committed.
+    Only the fields given are written, so a health check finishing meanwhile is not undone.
+    """
+    _check_provider_fields(fields)
+    recheck = ("base_url" in fields and fields["base_url"] != provider.base_url) or (
+        api_key is not None and api_key != provider.api_key
+    )
+    for name, value in fields.items():
+        setattr(provider, name, value)
+    changed = [*fields, "updated_at"]
+    if api_key is not None:
+        provider.api_key = api_key
+        changed.append("api_key_encrypted")
+    provider.save(update_fields=changed)
+    if recheck:
+        request_provider_check(provider=provider)
+        provider.health, provider.health_error = LLMProvider.Health.PENDING, ""
+    return provider
+
+
+@transaction.atomic
+def delete_configuration(*, instance: LLMProvider | Agent | TaskConfig | AgentTaskAssignment) -> None:
+    """Delete a provider, agent, task config or assignment. One still in use (a provider's
+    agents, an assignment's analysis runs) stays, and the 409 says what uses it."""
+    try:
+        instance.delete()
+    except ProtectedError as exc:
+        # Raised while collecting, before anything is deleted.
+        users = sorted({str(obj._meta.verbose_name_plural) for obj in exc.protected_objects})
+        raise DomainError(
+            f"{instance} is still used by {len(exc.protected_objects)} {' and '.join(users)}; "
+            "switch it off instead, or delete those first.",
+            code="in_use",
+            status=409,
+        ) from None

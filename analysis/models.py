@@ -123,7 +123,11 @@ class Batch(UsageFields):
     token_count = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
+    # The Celery task id that holds the batch: a redelivery of the same task may take it
+    # over after its worker died; any other task may not.
+    claim_id = models.CharField(max_length=64, blank=True)
     error = models.TextField(blank=True)
+    error_kind = models.CharField(max_length=32, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 

@@ -178,6 +178,8 @@ CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=30 * 60)
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 60
 if CELERY_TASK_SOFT_TIME_LIMIT <= LLM_TIMEOUT_SECONDS * 4:
     raise ImproperlyConfigured("CELERY_TASK_TIME_LIMIT must leave room for several LLM calls.")
+# A batch tried this many times (its worker died each time) is failed, not queued forever.
+ANALYSIS_MAX_BATCH_ATTEMPTS = env.int("ANALYSIS_MAX_BATCH_ATTEMPTS", default=3)
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT * 2}

@@ -8,6 +8,7 @@ Every request body is recorded, so tests can see what the client sent.
 
 import contextlib
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -189,3 +190,33 @@ class FakeOpenAI:
                 pass
 
         return Handler
+
+
+_LINE = re.compile(r"^#(\d+) \d\d:\d\d(?: >\d+)? ([^:]*): (.*)$", re.MULTILINE)
+
+
+def propose_actionable(
+    request: dict[str, Any], words: tuple[str, ...] = ("please", "crash", "fix")
+) -> FakeReply:
+    """A plausible model: one proposal per message of the prompt that asks for work."""
+    prompt = request["messages"][-1]["content"]
+    proposals = []
+    for message_id, author, text in _LINE.findall(prompt):
+        if any(word in text.lower() for word in words):
+            proposals.append(
+                {
+                    "title": text[:80],
+                    "description": f"Asked by {author}: {text}",
+                    "project": "",
+                    "assignee": None,
+                    "priority": "medium",
+                    "category": "bug" if "crash" in text.lower() else "feature",
+                    "tags": [],
+                    "due_date": None,
+                    "confidence": 0.8,
+                    "reasoning": "The message asks for work.",
+                    "recommendation": "new_task",
+                    "source_message_ids": [int(message_id)],
+                }
+            )
+    return FakeReply.ok({"proposals": proposals})

@@ -1,0 +1,29 @@
+"""Celery tasks of the analysis: thin, idempotent, taking ids only."""
+
+from celery import Task, shared_task
+
+from analysis import services
+
+
+@shared_task(bind=True, name="analysis.run_analysis")
+def run_analysis_task(self: Task, run_id: int) -> int:
+    """Begin a run, plan its batches once, and queue each batch as a task of its own.
+
+    A redelivered or restarted task finds the batches planned and queues the unfinished
+    ones again; their claims keep any batch from being processed twice.
+    """
+    if not services.begin_run(run_id=run_id):
+        return 0
+    try:
+        batch_ids = services.plan_run(run_id=run_id)
+    except Exception as exc:
+        services.fail_run(run_id=run_id, error=f"Planning the run failed: {exc}")
+        raise
+    for batch_id in batch_ids:
+        process_batch_task.delay(batch_id)
+    return len(batch_ids)
+
+
+@shared_task(bind=True, name="analysis.process_batch")
+def process_batch_task(self: Task, batch_id: int) -> None:
+    services.process_batch(batch_id=batch_id, claim_id=self.request.id or "")
