@@ -1,6 +1,7 @@
 """Shared fixtures: users by role and a live Celery worker on the real broker."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -37,13 +38,45 @@ def _ping_worker(name: str) -> bool:
     return any(name in reply for reply in replies)
 
 
-@pytest.fixture(scope="session")
-def live_worker(django_db_setup: None, django_db_blocker: pytest.FixtureRequest) -> Iterator[str]:
-    """A real Celery worker process consuming from the real broker, on the test database.
+class WorkerProcess:
+    """A real Celery worker process (its own process group) on the test database."""
 
-    Tests that use it need committed data: mark them `django_db(transaction=True)`.
-    """
-    name = f"test-worker-{os.getpid()}@localhost"
+    def __init__(self, name: str, env: dict[str, str]) -> None:
+        self.name, self.env = name, env
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasktracker", "worker", "-n", self.name,
+             "--concurrency", "2", "--loglevel", "WARNING", "--without-mingle", "--without-gossip"],
+            env=self.env, cwd=BASE_DIR, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not _ping_worker(self.name):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"The Celery worker did not start (exit code {self.process.poll()}).")
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes at once, as a machine crash would."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+@pytest.fixture(scope="session")
+def worker_process(
+    django_db_setup: None, django_db_blocker: pytest.FixtureRequest
+) -> Iterator[WorkerProcess]:
     with django_db_blocker.unblock():
         env = {
             **os.environ,
@@ -56,23 +89,20 @@ def live_worker(django_db_setup: None, django_db_blocker: pytest.FixtureRequest)
             "FIELD_ENCRYPTION_KEY": settings.FIELD_ENCRYPTION_KEY,
         }
     celery_app.control.purge()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tasktracker", "worker", "-n", name,
-         "--concurrency", "2", "--loglevel", "WARNING", "--without-mingle", "--without-gossip"],
-        env=env, cwd=BASE_DIR,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not _ping_worker(name):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"The Celery worker did not start (exit code {process.poll()}).")
-    yield name
-    process.terminate()
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    worker = WorkerProcess(f"test-worker-{os.getpid()}@localhost", env)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def live_worker(worker_process: WorkerProcess) -> str:
+    """A real Celery worker consuming from the real broker, on the test database.
+
+    Tests that use it need committed data: mark them `django_db(transaction=True)`.
+    """
+    if worker_process.process is None or worker_process.process.poll() is not None:
+        worker_process.start()
+    return worker_process.name
 
 
 @pytest.fixture

@@ -489,3 +489,30 @@ def fail_run(*, run_id: int, error: str) -> None:
     with transaction.atomic():
         if transition_run(run_id=run_id, to=Status.FAILED, finished_at=timezone.now(), error=error[:2000]):
             emit(run_id, "run_failed")
+
+
+def resume_stale_runs(*, lease_seconds: float) -> int:
+    """Queue again the unfinished work of running runs whose workers died.
+
+    A batch claimed longer than `lease_seconds` ago (longer than any task may run) is
+    released: its worker is gone. Every pending batch of a running run is queued again
+    (a batch already in the queue is then claimed by one delivery only), and a pending
+    run that never began is started again. Returns the number of batches queued.
+    """
+    stale = timezone.now() - timedelta(seconds=lease_seconds)
+    Batch.objects.filter(
+        run__status=Status.RUNNING, status=Batch.Status.RUNNING, started_at__lt=stale
+    ).update(status=Batch.Status.PENDING, claim_id="")
+    pending = list(
+        Batch.objects.filter(run__status=Status.RUNNING, status=Batch.Status.PENDING).values_list(
+            "pk", flat=True
+        )
+    )
+    for batch_id in pending:
+        tasks.process_batch_task.delay(batch_id)
+    stuck_runs = AnalysisRun.objects.filter(
+        Q(status=Status.PENDING) | Q(status=Status.RUNNING, batches_total=0), created_at__lt=stale
+    ).values_list("pk", flat=True)
+    for run_id in stuck_runs:
+        tasks.run_analysis_task.delay(run_id)
+    return len(pending)

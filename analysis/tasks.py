@@ -1,6 +1,7 @@
 """Celery tasks of the analysis: thin, idempotent, taking ids only."""
 
 from celery import Task, shared_task
+from django.conf import settings
 
 from analysis import services
 
@@ -27,3 +28,9 @@ def run_analysis_task(self: Task, run_id: int) -> int:
 @shared_task(bind=True, name="analysis.process_batch")
 def process_batch_task(self: Task, batch_id: int) -> None:
     services.process_batch(batch_id=batch_id, claim_id=self.request.id or "")
+
+
+@shared_task(name="analysis.resume_stale_runs")
+def resume_stale_runs_task() -> int:
+    """Periodic (beat): re-queue the work of runs whose workers died mid-batch."""
+    return services.resume_stale_runs(lease_seconds=settings.CELERY_TASK_TIME_LIMIT)

@@ -193,6 +193,11 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE = {
+    # Work of a dead worker is redelivered after the visibility timeout; this picks it up
+    # sooner (a batch's claim outlives its task's time limit only when its worker died).
+    "resume-stale-runs": {"task": "analysis.resume_stale_runs", "schedule": 300.0},
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
