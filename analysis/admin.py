@@ -1,4 +1,7 @@
-from django.contrib import admin
+from collections.abc import Callable
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
@@ -6,6 +9,8 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from analysis.models import AnalysisRun, Batch
+from analysis.services import cancel_run, retry_failed_batches
+from tasktracker.exceptions import DomainError
 
 # Runs and batches belong to the pipeline: they are started through `start_run` and
 # every counter is written by the pipeline services, so the admin only shows them.
@@ -65,6 +70,34 @@ class AnalysisRunAdmin(admin.ModelAdmin):
     list_select_related = ["assignment__agent", "assignment__task_config"]
     search_fields = ["id__exact", "error"]
     date_hierarchy = "created_at"
+    actions = ["cancel_runs", "retry_failed"]
+    change_list_template = "admin/analysis/analysisrun/change_list.html"
+
+    @admin.action(description="Cancel the selected runs")
+    def cancel_runs(self, request: HttpRequest, queryset: QuerySet[AnalysisRun]) -> None:
+        self._apply(request, queryset, lambda run: cancel_run(run=run, user=request.user), "cancelled")
+
+    @admin.action(description="Retry the failed batches of the selected runs")
+    def retry_failed(self, request: HttpRequest, queryset: QuerySet[AnalysisRun]) -> None:
+        self._apply(request, queryset, lambda run: retry_failed_batches(run=run), "queued again")
+
+    def _apply(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[AnalysisRun],
+        action: Callable[[AnalysisRun], object],
+        done: str,
+    ) -> None:
+        succeeded = 0
+        for run in queryset:
+            try:
+                action(run)
+                succeeded += 1
+            except DomainError as exc:
+                self.message_user(request, exc.message, messages.ERROR)
+        if succeeded:
+            self.message_user(request, f"{succeeded} run(s) {done}.", messages.SUCCESS)
+
     fieldsets = [
         (
             None,

