@@ -57,6 +57,16 @@ class WorkerProcess:
                 self.kill()
                 pytest.fail(f"The Celery worker did not start (exit code {self.process.poll()}).")
 
+    def wait_idle(self, timeout: float = 20) -> None:
+        """Wait until the worker runs and holds no task."""
+        inspect = celery_app.control.inspect([self.name], timeout=0.5)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            active, reserved = inspect.active() or {}, inspect.reserved() or {}
+            if not any(active.values()) and not any(reserved.values()):
+                return
+            time.sleep(0.1)
+
     def kill(self) -> None:
         """SIGKILL the worker and its pool processes at once, as a machine crash would."""
         if self.process is not None and self.process.poll() is None:
@@ -95,14 +105,19 @@ def worker_process(
 
 
 @pytest.fixture
-def live_worker(worker_process: WorkerProcess) -> str:
+def live_worker(worker_process: WorkerProcess) -> Iterator[str]:
     """A real Celery worker consuming from the real broker, on the test database.
 
-    Tests that use it need committed data: mark them `django_db(transaction=True)`.
+    Tests that use it need committed data: mark them `django_db(transaction=True)`. The
+    queue is emptied before and after, and the worker left idle: a task left over from
+    one test must not take a row of the next one (SQLite reuses ids after a flush).
     """
     if worker_process.process is None or worker_process.process.poll() is not None:
         worker_process.start()
-    return worker_process.name
+    celery_app.control.purge()
+    yield worker_process.name
+    celery_app.control.purge()
+    worker_process.wait_idle()
 
 
 @pytest.fixture

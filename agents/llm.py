@@ -151,7 +151,7 @@ def _error_code(exc: openai.APIStatusError) -> str:
     return str((error or {}).get("code") or (error or {}).get("type") or "")
 
 
-def _rejects_response_format(exc: openai.BadRequestError) -> bool:
+def _rejects_response_format(exc: openai.APIStatusError) -> bool:
     return "response_format" in str(exc.message).lower() or "json_schema" in str(exc.message).lower()
 
 
@@ -229,6 +229,12 @@ def complete_json(
             reason = "rate_limited"
         except openai.APIStatusError as exc:
             usage.calls += 1
+            # llama-cpp-python answers 500, FastAPI-based servers 422, to a format they lack.
+            if _rejects_response_format(exc) and len(formats) > 1:
+                logger.info("%s does not take response_format %s; falling back", provider.name, fmt)
+                formats.pop(0)
+                attempt -= 1
+                continue
             if exc.status_code < 500:
                 raise LLMError("bad_request", f"{provider.name} answered {exc.status_code}.", usage) from None
             retry_after = _retry_after(exc)

@@ -2,6 +2,7 @@
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -245,10 +246,13 @@ def delete_configuration(*, instance: LLMProvider | Agent | TaskConfig | AgentTa
         instance.delete()
     except ProtectedError as exc:
         # Raised while collecting, before anything is deleted.
-        users = sorted({str(obj._meta.verbose_name_plural) for obj in exc.protected_objects})
+        counts = Counter(obj._meta for obj in exc.protected_objects)
+        users = " and ".join(
+            f"{n} {opts.verbose_name if n == 1 else opts.verbose_name_plural}"
+            for opts, n in sorted(counts.items(), key=lambda item: item[0].label)
+        )
         raise DomainError(
-            f"{instance} is still used by {len(exc.protected_objects)} {' and '.join(users)}; "
-            "switch it off instead, or delete those first.",
+            f"{instance} is still used by {users}; switch it off instead, or delete those first.",
             code="in_use",
             status=409,
         ) from None

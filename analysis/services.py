@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from celery.schedules import ParseException, crontab
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
@@ -516,3 +517,66 @@ def resume_stale_runs(*, lease_seconds: float) -> int:
     for run_id in stuck_runs:
         tasks.run_analysis_task.delay(run_id)
     return len(pending)
+
+
+def parse_schedule(expression: str) -> crontab:
+    """A five-field cron expression (minute hour day-of-month month day-of-week)."""
+    fields = expression.split()
+    if len(fields) != 5:
+        raise DomainError(f"{expression!r} is not a five-field cron expression.", code="invalid_schedule")
+    minute, hour, day_of_month, month_of_year, day_of_week = fields
+    try:
+        return crontab(
+            minute=minute,
+            hour=hour,
+            day_of_month=day_of_month,
+            month_of_year=month_of_year,
+            day_of_week=day_of_week,
+        )
+    except (ValueError, ParseException) as exc:
+        raise DomainError(
+            f"{expression!r} is not a valid cron expression: {exc}", code="invalid_schedule"
+        ) from exc
+
+
+def start_scheduled_runs(*, now: datetime | None = None) -> list[AnalysisRun]:
+    """Start the runs that projects' schedules make due, over the window since each
+    project's last run (a day back for a first run). The agent is the one of the
+    project's last run, else the first active assignment."""
+    now = now or timezone.now()
+    started = []
+    configs = ProjectConfig.objects.filter(is_current=True, project__is_active=True).exclude(schedule="")
+    for config in configs.select_related("project"):
+        project = config.project
+        last = project.analysis_runs.order_by("-window_end").first()
+        last_at = last.created_at if last else config.created_at
+        try:
+            due = parse_schedule(config.schedule).is_due(timezone.localtime(last_at)).is_due
+        except DomainError:
+            logger.warning("Project %s has an invalid schedule %r", project, config.schedule)
+            continue
+        if not due:
+            continue
+        assignment = (
+            last.assignment
+            if last is not None
+            else AgentTaskAssignment.objects.filter(is_active=True, agent__is_active=True).first()
+        )
+        if assignment is None:
+            continue
+        window_start = last.window_end if last is not None else now - timedelta(days=1)
+        if window_start >= now:
+            continue
+        try:
+            started.append(
+                start_run(
+                    window_start=window_start,
+                    window_end=now,
+                    projects=[project],
+                    assignment=assignment,
+                    trigger=AnalysisRun.Trigger.SCHEDULED,
+                )
+            )
+        except DomainError as exc:
+            logger.info("Scheduled run of %s not started: %s", project, exc.message)
+    return started

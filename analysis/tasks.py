@@ -34,3 +34,9 @@ def process_batch_task(self: Task, batch_id: int) -> None:
 def resume_stale_runs_task() -> int:
     """Periodic (beat): re-queue the work of runs whose workers died mid-batch."""
     return services.resume_stale_runs(lease_seconds=settings.CELERY_TASK_TIME_LIMIT)
+
+
+@shared_task(name="analysis.start_scheduled_runs")
+def start_scheduled_runs_task() -> int:
+    """Periodic (beat, every minute): start the runs projects' schedules make due."""
+    return len(services.start_scheduled_runs())

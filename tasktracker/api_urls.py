@@ -6,4 +6,6 @@ from django.urls import include, path
 app_name = "api"
 urlpatterns = [
     path("", include("sources.api")),
+    path("", include("analysis.api")),
+    path("", include("agents.api")),
 ]

@@ -198,6 +198,7 @@ CELERY_BEAT_SCHEDULE = {
     # Work of a dead worker is redelivered after the visibility timeout; this picks it up
     # sooner (a batch's claim outlives its task's time limit only when its worker died).
     "resume-stale-runs": {"task": "analysis.resume_stale_runs", "schedule": 300.0},
+    "start-scheduled-runs": {"task": "analysis.start_scheduled_runs", "schedule": 60.0},
 }
 
 REST_FRAMEWORK = {

@@ -178,7 +178,12 @@ def test_a_refusal_is_recorded_as_such(fake_openai: FakeOpenAI, provider) -> Non
     assert error.value.kind == "refused"
 
 
-def test_a_server_without_json_schema_falls_back_to_json_mode(fake_openai: FakeOpenAI, provider) -> None:
+@pytest.mark.parametrize("status", [400, 422, 500])
+def test_a_server_without_json_schema_falls_back_to_json_mode(
+    fake_openai: FakeOpenAI, provider, status
+) -> None:
+    # OpenAI answers 400, FastAPI servers 422, llama-cpp-python's server 500.
+    fake_openai.reject_status = status
     fake_openai.reject_response_format = {"json_schema"}
     fake_openai.queue(FakeReply.ok(ANSWER))
     result = ask(provider)

@@ -71,6 +71,7 @@ class FakeOpenAI:
         self.prompt_tokens = 120
         self.completion_tokens = 40
         self.reject_response_format: set[str] = set()
+        self.reject_status = 400
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -101,7 +102,8 @@ class FakeOpenAI:
             self.requests.append(request)
             fmt = (request.get("response_format") or {}).get("type")
             if fmt in self.reject_response_format:
-                return FakeReply.error(400, f"response_format {fmt} is not supported", code="invalid_request")
+                message = f"response_format {fmt} is not supported"
+                return FakeReply.error(self.reject_status, message, code="invalid_request")
             if self.replies:
                 return self.replies.pop(0)
         return self.default(request)

@@ -1,0 +1,209 @@
+"""The API of the `analysis` app: runs, their batches and usage; start, cancel, retry."""
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, permissions, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.routers import SimpleRouter
+
+from agents.models import AgentTaskAssignment
+from analysis.models import AnalysisRun, Batch
+from analysis.selectors import can_operate_run, can_start_runs, runs_visible_to
+from analysis.services import cancel_run, retry_failed_batches, start_run
+from projects.models import Project
+from sources.api import AwareDateTimeField
+from sources.models import Chat
+
+
+class BatchSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Batch
+        fields = [
+            "id",
+            "index",
+            "status",
+            "message_ids",
+            "token_count",
+            "attempts",
+            "error",
+            "error_kind",
+            "llm_calls",
+            "prompt_tokens",
+            "completion_tokens",
+            "llm_seconds",
+            "cost",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class RunSerializer(serializers.ModelSerializer):
+    agent = serializers.CharField(source="assignment.agent.name", read_only=True)
+    task_config = serializers.CharField(source="assignment.task_config.name", read_only=True)
+    progress_percent = serializers.IntegerField(read_only=True)
+    config_versions = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AnalysisRun
+        fields = [
+            "id",
+            "status",
+            "window_start",
+            "window_end",
+            "projects",
+            "chats",
+            "assignment",
+            "agent",
+            "task_config",
+            "trigger",
+            "config_versions",
+            "started_by",
+            "messages_fetched",
+            "messages_kept",
+            "prefilter_stats",
+            "batches_total",
+            "batches_done",
+            "batches_failed",
+            "progress_percent",
+            "proposals_created",
+            "llm_calls",
+            "prompt_tokens",
+            "completion_tokens",
+            "llm_seconds",
+            "cost",
+            "error",
+            "review_stats",
+            "event_seq",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "closed_at",
+        ]
+        read_only_fields = fields
+
+    def get_config_versions(self, run: AnalysisRun) -> list[dict[str, Any]]:
+        return [
+            {"project": p["slug"], "version": p["version"]} for p in run.config_snapshot.get("projects", [])
+        ]
+
+
+class RunCreateSerializer(serializers.Serializer):
+    window_start = AwareDateTimeField()
+    window_end = AwareDateTimeField()
+    projects = serializers.PrimaryKeyRelatedField(
+        queryset=Project.objects.filter(is_active=True), many=True, allow_empty=False
+    )
+    assignment = serializers.PrimaryKeyRelatedField(
+        queryset=AgentTaskAssignment.objects.select_related("agent__provider", "task_config"),
+        help_text="The agent × task config to run.",
+    )
+    chats = serializers.PrimaryKeyRelatedField(
+        queryset=Chat.objects.all(), many=True, required=False, help_text="Restrict to these chats."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs["window_end"] <= attrs["window_start"]:
+            raise serializers.ValidationError({"window_end": "The window must end after it starts."})
+        return attrs
+
+
+class RunFilter(filters.FilterSet):
+    project = filters.NumberFilter(field_name="projects", distinct=True)
+
+    class Meta:
+        model = AnalysisRun
+        fields = ["status", "trigger", "project"]
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List analysis runs", description="Runs of the projects you are on (all for staff)."
+    ),
+    retrieve=extend_schema(summary="Get a run with its counters and usage"),
+)
+class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = RunSerializer
+    permission_classes = [permissions.IsAuthenticated]
+    filterset_class = RunFilter
+    ordering_fields = ["created_at", "status"]
+    lookup_value_regex = r"\d+"
+
+    def get_queryset(self) -> QuerySet[AnalysisRun]:
+        return (
+            runs_visible_to(self.request.user).prefetch_related("projects", "chats").order_by("-created_at")
+        )
+
+    @extend_schema(
+        summary="Start a run",
+        description="Creates a pending run over the window and queues it. Staff, or a lead of every "
+        "project given. A run overlapping a pending or running run of one of the projects is a 409.",
+        request=RunCreateSerializer,
+        responses={
+            201: RunSerializer,
+            400: OpenApiResponse(description="Invalid fields."),
+            403: OpenApiResponse(description="Not allowed to start runs of these projects."),
+            409: OpenApiResponse(description="An overlapping run is pending or running."),
+        },
+    )
+    def create(self, request: Request) -> Response:
+        payload = RunCreateSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        user = request.user
+        led = set(user.project_memberships.filter(role="lead").values_list("project_id", flat=True))
+        if not can_start_runs(user) or not (user.is_staff or {p.pk for p in data["projects"]} <= led):
+            raise PermissionDenied("Only staff or the lead of every project can start this run.")
+        run = start_run(
+            window_start=data["window_start"],
+            window_end=data["window_end"],
+            projects=data["projects"],
+            assignment=data["assignment"],
+            chats=data.get("chats"),
+            user=user,
+        )
+        return Response(
+            RunSerializer(self.get_queryset().get(pk=run.pk)).data, status=status.HTTP_201_CREATED
+        )
+
+    def _operable(self) -> AnalysisRun:
+        run = self.get_object()
+        if not can_operate_run(self.request.user, run):
+            raise PermissionDenied("Only staff or the leads of the run's projects can do this.")
+        return run
+
+    @extend_schema(summary="Cancel a pending or running run", request=None, responses={200: RunSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str) -> Response:
+        run = cancel_run(run=self._operable(), user=request.user)
+        return Response(RunSerializer(self.get_queryset().get(pk=run.pk)).data)
+
+    @extend_schema(
+        summary="Queue a finished run's failed batches again", request=None, responses={202: RunSerializer}
+    )
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str) -> Response:
+        run = self._operable()
+        retry_failed_batches(run=run)
+        return Response(
+            RunSerializer(self.get_queryset().get(pk=run.pk)).data, status=status.HTTP_202_ACCEPTED
+        )
+
+    @extend_schema(summary="The run's batches", responses={200: BatchSerializer(many=True)})
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    def batches(self, request: Request, pk: str) -> Response:
+        run = self.get_object()
+        return Response(BatchSerializer(run.batches.order_by("index"), many=True).data)
+
+
+router = SimpleRouter()
+router.register("runs", RunViewSet, basename="run")
+
+app_name = "analysis"
+urlpatterns = router.urls
