@@ -26,7 +26,7 @@ from analysis.consumers import run_group
 from analysis.models import AnalysisRun, Batch
 from analysis.pipeline import PipelineMessage, create_batches, prefilter_messages
 from projects.models import Project, ProjectConfig
-from proposals.models import TaskProposal
+from proposals.models import TaskProposal, confidence_band
 from proposals.services import ProposalData, create_proposal
 from sources.models import Message
 from tasktracker.exceptions import DomainError
@@ -580,3 +580,40 @@ def start_scheduled_runs(*, now: datetime | None = None) -> list[AnalysisRun]:
         except DomainError as exc:
             logger.info("Scheduled run of %s not started: %s", project, exc.message)
     return started
+
+
+@transaction.atomic
+def close_run(*, run_id: int) -> AnalysisRun:
+    """Close a completed run once none of its proposals is pending, storing its review
+    figures: approved, rejected, merged, approval rate overall and per confidence band."""
+    run = AnalysisRun.objects.select_for_update().get(pk=run_id)
+    if run.status != Status.COMPLETED:
+        raise DomainError(
+            f"Run {run.pk} is {run.status}; only completed runs close.", code="not_completed", status=409
+        )
+    pending = run.proposals.filter(status=TaskProposal.Status.PENDING).count()
+    if pending:
+        raise DomainError(
+            f"Run {run.pk} still has {pending} pending proposal(s).", code="pending_left", status=409
+        )
+    counts: dict[str, dict[str, int]] = {}
+    for status_value, confidence in run.proposals.values_list("status", "confidence"):
+        band = counts.setdefault(confidence_band(confidence), {"approved": 0, "rejected": 0, "merged": 0})
+        band[status_value] = band.get(status_value, 0) + 1
+
+    def rate(figures: dict[str, int]) -> float | None:
+        decided = figures["approved"] + figures["rejected"]
+        return round(figures["approved"] / decided, 3) if decided else None
+
+    total = {key: sum(band[key] for band in counts.values()) for key in ("approved", "rejected", "merged")}
+    stats = {
+        **total,
+        "approval_rate": rate(total),
+        "bands": {
+            name: {**figures, "approval_rate": rate(figures)} for name, figures in sorted(counts.items())
+        },
+    }
+    transition_run(run_id=run.pk, to=Status.CLOSED, closed_at=timezone.now(), review_stats=stats)
+    emit(run.pk, "run_closed")
+    run.refresh_from_db()
+    return run

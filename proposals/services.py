@@ -8,11 +8,15 @@ from datetime import date
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
 from django.db.models import Q
+from django.utils import timezone
 
 from projects.models import Project, Task
-from proposals.models import TaskProposal
+from proposals.models import ReviewEvent, TaskProposal
 from sources.models import Message
+from tasktracker.exceptions import DomainError
+from tasktracker.realtime import broadcast
 
 SIMILAR_TITLE_RATIO = 0.85
 _SPACES = re.compile(r"\s+")
@@ -117,3 +121,366 @@ def create_proposal(
     )
     proposal.source_messages.set(source_messages)
     return proposal
+
+
+# Reviews. Each action locks the proposals it changes, refuses illegal moves with a
+# DomainError, and leaves a ReviewEvent with the proposal's state before and after.
+
+PENDING = TaskProposal.Status.PENDING
+EDITABLE_FIELDS = ("title", "description", "priority", "category", "tags", "due_date", "suggested_assignee")
+REVIEWER_GROUP = "Reviewers"
+
+
+def can_review(user: Any, project: Project) -> bool:
+    """Staff, members of the Reviewers group, and the project's team leads review its proposals."""
+    if not getattr(user, "is_authenticated", False):
+        return False
+    if user.is_staff or user.groups.filter(name=REVIEWER_GROUP).exists():
+        return True
+    return project.memberships.filter(user=user, role="lead").exists()
+
+
+def reviewable_projects(user: Any) -> Q:
+    """A filter on proposals: those the user may review."""
+    if user.is_staff or user.groups.filter(name=REVIEWER_GROUP).exists():
+        return Q()
+    return Q(project__memberships__user=user, project__memberships__role="lead")
+
+
+def _snapshot(proposal: TaskProposal) -> dict[str, Any]:
+    return {
+        "status": proposal.status,
+        "title": proposal.title,
+        "description": proposal.description,
+        "priority": proposal.priority,
+        "category": proposal.category,
+        "tags": list(proposal.tags),
+        "due_date": proposal.due_date.isoformat() if proposal.due_date else None,
+        "suggested_assignee": proposal.suggested_assignee_id,
+        "task": proposal.task_id,
+        "merged_into": proposal.merged_into_id,
+        "review_note": proposal.review_note,
+        "source_messages": sorted(proposal.source_messages.values_list("pk", flat=True)),
+    }
+
+
+def _lock(proposal_id: int, user: Any) -> TaskProposal:
+    proposal = (
+        TaskProposal.objects.select_for_update()
+        .select_related("project", "similar_task")
+        .filter(pk=proposal_id)
+        .first()
+    )
+    if proposal is None:
+        raise DomainError(f"There is no proposal {proposal_id}.", code="not_found", status=404)
+    if not can_review(user, proposal.project):
+        raise DomainError(
+            f"You may not review proposals of {proposal.project}.", code="forbidden", status=403
+        )
+    return proposal
+
+
+def _require_pending(proposal: TaskProposal, verb: str) -> None:
+    if proposal.status != PENDING:
+        raise DomainError(
+            f"Proposal {proposal.pk} is {proposal.status}; only pending proposals can be {verb}.",
+            code="not_pending",
+            status=409,
+        )
+
+
+def _record(
+    proposal: TaskProposal,
+    user: Any,
+    action: str,
+    before: dict[str, Any],
+    note: str = "",
+    task: Task | None = None,
+) -> ReviewEvent:
+    proposal.refresh_from_db()
+    event = ReviewEvent.objects.create(
+        proposal=proposal,
+        user=user,
+        action=action,
+        note=note,
+        before=before,
+        after=_snapshot(proposal),
+        task=task,
+    )
+    project_id, status = proposal.project_id, proposal.status
+    transaction.on_commit(
+        lambda: broadcast(
+            f"proposals-{project_id}",
+            "proposal_reviewed",
+            {"id": proposal.pk, "status": status, "action": action},
+        )
+    )
+    return event
+
+
+def _apply_edits(proposal: TaskProposal, edits: dict[str, Any] | None) -> None:
+    for name, value in (edits or {}).items():
+        if name not in EDITABLE_FIELDS:
+            raise DomainError(f"{name} cannot be edited.", code="invalid_field")
+        setattr(proposal, name, value)
+    if not proposal.title.strip():
+        raise DomainError("A task needs a title.", code="title_required")
+
+
+def _reviewed(proposal: TaskProposal, user: Any, status: str, action: str, note: str = "") -> None:
+    proposal.status = status
+    proposal.reviewer = user
+    proposal.reviewed_at = timezone.now()
+    proposal.review_action = action
+    proposal.review_note = note
+
+
+@transaction.atomic
+def approve_proposal(
+    *, proposal_id: int, user: Any, edits: dict[str, Any] | None = None, add_to_task: bool = False
+) -> Task:
+    """Approve a pending proposal: it becomes a task of its project (with `edits` applied
+    first), or, with `add_to_task`, is added to the similar task it was linked to."""
+    proposal = _lock(proposal_id, user)
+    _require_pending(proposal, "approved")
+    before = _snapshot(proposal)
+    _apply_edits(proposal, edits)
+    if add_to_task:
+        task = proposal.similar_task
+        if task is None:
+            raise DomainError(
+                f"Proposal {proposal.pk} has no similar task to add to.", code="no_similar_task"
+            )
+        addition = f"\n\nFrom proposal {proposal.pk}: {proposal.title}\n{proposal.description}".rstrip()
+        task.description = f"{task.description}{addition}"
+        task.save(update_fields=["description", "updated_at"])
+        action = ReviewEvent.Action.ADD_TO_TASK
+    else:
+        task = Task.objects.create(
+            project=proposal.project,
+            title=proposal.title,
+            description=proposal.description,
+            assignee=proposal.suggested_assignee,
+            priority=proposal.priority,
+            category=proposal.category,
+            tags=proposal.tags,
+            due_date=proposal.due_date,
+            created_by=user,
+        )
+        action = ReviewEvent.Action.APPROVE
+    proposal.task = task
+    _reviewed(proposal, user, TaskProposal.Status.APPROVED, action)
+    proposal.save()
+    _record(proposal, user, action, before, task=task)
+    return task
+
+
+@transaction.atomic
+def edit_proposal(*, proposal_id: int, user: Any, edits: dict[str, Any]) -> TaskProposal:
+    """Change a pending proposal's fields; it stays pending."""
+    proposal = _lock(proposal_id, user)
+    _require_pending(proposal, "edited")
+    before = _snapshot(proposal)
+    _apply_edits(proposal, edits)
+    proposal.save()
+    _record(proposal, user, ReviewEvent.Action.EDIT, before)
+    return proposal
+
+
+@transaction.atomic
+def reject_proposal(*, proposal_id: int, user: Any, reason: str) -> TaskProposal:
+    """Reject a pending proposal; the reason is required and kept."""
+    if not reason or not reason.strip():
+        raise DomainError("Give a reason to reject a proposal.", code="reason_required")
+    proposal = _lock(proposal_id, user)
+    _require_pending(proposal, "rejected")
+    before = _snapshot(proposal)
+    _reviewed(proposal, user, TaskProposal.Status.REJECTED, ReviewEvent.Action.REJECT, reason.strip())
+    proposal.save()
+    _record(proposal, user, ReviewEvent.Action.REJECT, before, note=reason.strip())
+    return proposal
+
+
+@transaction.atomic
+def merge_proposals(*, proposal_ids: Sequence[int], user: Any, into_id: int | None = None) -> TaskProposal:
+    """Merge pending proposals of one project into one (the first, or `into_id`), which
+    takes the union of their source messages and stays pending; the others are merged."""
+    ids = list(dict.fromkeys(proposal_ids))
+    if len(ids) < 2:
+        raise DomainError("Choose at least two proposals to merge.", code="too_few")
+    into_id = into_id or ids[0]
+    if into_id not in ids:
+        ids.insert(0, into_id)
+    proposals = [_lock(pk, user) for pk in sorted(ids)]
+    for proposal in proposals:
+        _require_pending(proposal, "merged")
+    if len({p.project_id for p in proposals}) > 1:
+        raise DomainError("Only proposals of one project can be merged.", code="projects_differ")
+    target = next(p for p in proposals if p.pk == into_id)
+    target_before = _snapshot(target)
+    for proposal in proposals:
+        if proposal.pk == into_id:
+            continue
+        before = _snapshot(proposal)
+        target.source_messages.add(*proposal.source_messages.all())
+        proposal.merged_into = target
+        _reviewed(
+            proposal, user, TaskProposal.Status.MERGED, ReviewEvent.Action.MERGE, f"Merged into {target.pk}"
+        )
+        proposal.save()
+        _record(proposal, user, ReviewEvent.Action.MERGE, before, note=f"Merged into {target.pk}")
+    merged = ", ".join(str(p.pk) for p in proposals if p.pk != into_id)
+    _record(target, user, ReviewEvent.Action.MERGE, target_before, note=f"Took in {merged}")
+    return target
+
+
+@transaction.atomic
+def mark_duplicate(*, proposal_id: int, of_id: int, user: Any) -> TaskProposal:
+    """Mark a pending proposal as a duplicate of another live one (merged into it)."""
+    if proposal_id == of_id:
+        raise DomainError("A proposal cannot duplicate itself.", code="same_proposal")
+    proposal = _lock(proposal_id, user)
+    _require_pending(proposal, "marked as duplicates")
+    original = _lock(of_id, user)
+    if original.status not in (PENDING, TaskProposal.Status.APPROVED):
+        raise DomainError(
+            f"Proposal {of_id} is {original.status}; mark duplicates of live ones.", code="not_live"
+        )
+    before = _snapshot(proposal)
+    proposal.merged_into = original
+    _reviewed(
+        proposal, user, TaskProposal.Status.MERGED, ReviewEvent.Action.MARK_DUPLICATE, f"Duplicate of {of_id}"
+    )
+    proposal.save()
+    _record(proposal, user, ReviewEvent.Action.MARK_DUPLICATE, before, note=f"Duplicate of {of_id}")
+    return proposal
+
+
+@transaction.atomic
+def split_proposal(*, proposal_id: int, user: Any, parts: Sequence[dict[str, Any]]) -> list[TaskProposal]:
+    """Split a pending proposal into several, each with a title and a share of its source
+    messages (every source given to some part). The original is closed as merged into the first part."""
+    proposal = _lock(proposal_id, user)
+    _require_pending(proposal, "split")
+    if len(parts) < 2:
+        raise DomainError("A split needs at least two parts.", code="too_few")
+    sources = {m.pk: m for m in proposal.source_messages.all()}
+    given: set[int] = set()
+    for number, part in enumerate(parts, start=1):
+        ids = set(part.get("source_message_ids") or [])
+        if not str(part.get("title") or "").strip():
+            raise DomainError(f"Part {number} needs a title.", code="title_required")
+        if not ids or not ids <= set(sources):
+            raise DomainError(
+                f"Part {number} must take some of the proposal's own messages.", code="bad_sources"
+            )
+        given |= ids
+    if given != set(sources):
+        raise DomainError("Every source message must go to some part.", code="sources_left")
+    before = _snapshot(proposal)
+    created = []
+    for part in parts:
+        new = TaskProposal.objects.create(
+            run=proposal.run,
+            batch=proposal.batch,
+            project=proposal.project,
+            title=str(part["title"]).strip()[:300],
+            description=str(part.get("description") or ""),
+            suggested_assignee=proposal.suggested_assignee,
+            priority=proposal.priority,
+            category=proposal.category,
+            tags=proposal.tags,
+            due_date=proposal.due_date,
+            confidence=proposal.confidence,
+            recommendation=proposal.recommendation,
+            reasoning=f"Split from proposal {proposal.pk}. {proposal.reasoning}".strip(),
+        )
+        new.source_messages.set([sources[pk] for pk in part["source_message_ids"]])
+        created.append(new)
+    proposal.merged_into = created[0]
+    note = "Split into " + ", ".join(str(p.pk) for p in created)
+    _reviewed(proposal, user, TaskProposal.Status.MERGED, ReviewEvent.Action.SPLIT, note)
+    proposal.save()
+    _record(proposal, user, ReviewEvent.Action.SPLIT, before, note=note)
+    return created
+
+
+@transaction.atomic
+def reopen_proposal(*, proposal_id: int, user: Any) -> TaskProposal:
+    """Reopen a rejected or merged proposal: pending again."""
+    proposal = _lock(proposal_id, user)
+    if proposal.status not in (TaskProposal.Status.REJECTED, TaskProposal.Status.MERGED):
+        raise DomainError(
+            f"Proposal {proposal.pk} is {proposal.status}; only rejected or merged ones reopen.",
+            code="not_closed",
+        )
+    before = _snapshot(proposal)
+    proposal.status, proposal.merged_into, proposal.review_action = PENDING, None, ReviewEvent.Action.REOPEN
+    proposal.save()
+    _record(proposal, user, ReviewEvent.Action.REOPEN, before)
+    return proposal
+
+
+@transaction.atomic
+def undo_last_action(*, proposal_id: int, user: Any) -> TaskProposal:
+    """Undo the proposal's last review action by restoring its state from before it. An
+    approval's new task is deleted when nothing else uses it; an addition to an existing
+    task keeps that task."""
+    proposal = _lock(proposal_id, user)
+    last = (
+        proposal.review_events.exclude(action=ReviewEvent.Action.UNDO).order_by("-created_at", "-pk").first()
+    )
+    undone_ids = set(
+        proposal.review_events.filter(action=ReviewEvent.Action.UNDO).values_list("note", flat=True)
+    )
+    if last is None or f"Undid event {last.pk}" in undone_ids:
+        raise DomainError(f"Proposal {proposal.pk} has no review action to undo.", code="nothing_to_undo")
+    before = _snapshot(proposal)
+    state = last.before
+    if last.action == ReviewEvent.Action.APPROVE and proposal.task is not None:
+        task = proposal.task
+        proposal.task = None
+        proposal.save(update_fields=["task"])
+        if not task.proposals.exists():
+            task.delete()
+    proposal.status = state["status"]
+    for name in ("title", "description", "priority", "category", "tags", "review_note"):
+        setattr(proposal, name, state[name])
+    proposal.due_date = date.fromisoformat(state["due_date"]) if state["due_date"] else None
+    proposal.suggested_assignee_id = state["suggested_assignee"]
+    proposal.task_id = state["task"] if proposal.status == TaskProposal.Status.APPROVED else None
+    proposal.merged_into_id = state["merged_into"]
+    proposal.review_action = ReviewEvent.Action.UNDO
+    proposal.save()
+    if last.action == ReviewEvent.Action.MERGE and set(state["source_messages"]) != set(
+        before["source_messages"]
+    ):
+        proposal.source_messages.set(state["source_messages"])
+    _record(proposal, user, ReviewEvent.Action.UNDO, before, note=f"Undid event {last.pk}")
+    return proposal
+
+
+@dataclass
+class BulkOutcome:
+    done: list[int]
+    refused: dict[int, str]
+
+
+def bulk_review(*, proposal_ids: Sequence[int], user: Any, action: str, reason: str = "") -> BulkOutcome:
+    """Approve or reject many proposals, each in its own transaction: one refused (not
+    pending, not yours) does not undo the others, and is reported with why."""
+    if action not in ("approve", "reject"):
+        raise DomainError("Bulk review approves or rejects.", code="invalid_action")
+    if action == "reject" and not reason.strip():
+        raise DomainError("Give a reason to reject proposals.", code="reason_required")
+    outcome = BulkOutcome(done=[], refused={})
+    for proposal_id in dict.fromkeys(proposal_ids):
+        try:
+            if action == "approve":
+                approve_proposal(proposal_id=proposal_id, user=user)
+            else:
+                reject_proposal(proposal_id=proposal_id, user=user, reason=reason)
+            outcome.done.append(proposal_id)
+        except DomainError as exc:
+            outcome.refused[proposal_id] = exc.message
+    return outcome
