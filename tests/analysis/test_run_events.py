@@ -10,7 +10,9 @@ from django.test import Client
 
 from analysis import services
 from analysis.models import AnalysisRun
+from conftest import WorkerProcess
 from tasktracker.asgi import application
+from tasktracker.celery import app as celery_app
 from tests.analysis.helpers import WINDOW_END, WINDOW_START, make_setup
 from tests.fakes.openai_server import FakeOpenAI, propose_actionable
 
@@ -23,16 +25,15 @@ async def close_thread_connections() -> AsyncIterator[None]:
     await sync_to_async(connections.close_all)()
 
 
-def prepare(base_url: str, django_capture_on_commit_callbacks: object) -> tuple[AnalysisRun, str]:
+def prepare(base_url: str) -> tuple[AnalysisRun, str]:
     setup = make_setup(base_url)
-    # Started by hand here, so no worker races the test for the batches.
-    with django_capture_on_commit_callbacks(execute=False):
-        run = services.start_run(
-            window_start=WINDOW_START,
-            window_end=WINDOW_END,
-            projects=[setup["project"]],
-            assignment=setup["assignment"],
-        )
+    run = services.start_run(
+        window_start=WINDOW_START,
+        window_end=WINDOW_END,
+        projects=[setup["project"]],
+        assignment=setup["assignment"],
+    )
+    celery_app.control.purge()  # the run's queued task: this test plays the worker
     client = Client()
     client.force_login(setup["lead"])
     return run, client.cookies["sessionid"].value
@@ -45,10 +46,12 @@ def run_pipeline(run_id: int) -> None:
 
 
 async def test_a_run_streams_numbered_events_in_order(
-    fake_openai: FakeOpenAI, django_capture_on_commit_callbacks: object
+    fake_openai: FakeOpenAI, worker_process: WorkerProcess
 ) -> None:
+    # This test drives the pipeline itself: no worker may take the run's task meanwhile.
+    await sync_to_async(worker_process.stop)()
     fake_openai.default = propose_actionable
-    run, session = await sync_to_async(prepare)(fake_openai.base_url, django_capture_on_commit_callbacks)
+    run, session = await sync_to_async(prepare)(fake_openai.base_url)
     communicator = WebsocketCommunicator(
         application,
         f"/ws/runs/{run.pk}/",
