@@ -23,9 +23,12 @@ from agents.management.commands.offline_llm import (
     start_server,
     stop_server,
 )
-from agents.models import Agent, LLMProvider
+from agents.models import Agent, AgentTaskAssignment, LLMProvider
 from agents.prompts import PromptMessage, system_prompt, user_prompt
+from analysis import services as analysis_services
+from analysis.models import AnalysisRun, Batch
 from tasktracker.embedded import free_port
+from tests.analysis.helpers import WINDOW_END, WINDOW_START, make_setup
 
 pytestmark = [
     pytest.mark.llm,
@@ -116,3 +119,23 @@ def test_batches_go_through_the_gateway_and_come_back_with_usage(agent: Agent) -
         assert usage.prompt_tokens > 0
         assert usage.latency_seconds > 0
         first_id += len(batch)
+
+
+def test_a_whole_run_goes_through_the_real_model(agent: Agent) -> None:
+    """The analysis pipeline end to end on the real server: every batch ends done or
+    failed with its usage recorded, and the run ends completed or failed, never stuck."""
+    setup = make_setup("http://127.0.0.1:9/v1", budget=120, lines=[text for b in BATCHES for _, text in b])
+    assignment = AgentTaskAssignment.objects.get(agent=agent)
+    run = analysis_services.start_run(
+        window_start=WINDOW_START, window_end=WINDOW_END, projects=[setup["project"]], assignment=assignment
+    )
+    analysis_services.begin_run(run_id=run.pk)
+    for batch_id in analysis_services.plan_run(run_id=run.pk):
+        analysis_services.process_batch(batch_id=batch_id, claim_id=f"llm-test-{batch_id}")
+    run.refresh_from_db()
+    assert run.status in (AnalysisRun.Status.COMPLETED, AnalysisRun.Status.FAILED)
+    assert run.batches_done + run.batches_failed == run.batches_total > 0
+    assert run.llm_calls >= run.batches_total
+    assert run.prompt_tokens > 0
+    failed_kinds = set(Batch.objects.filter(run=run, status="failed").values_list("error_kind", flat=True))
+    assert failed_kinds <= UNUSABLE_ANSWER_KINDS
