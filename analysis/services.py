@@ -247,9 +247,16 @@ def plan_run(*, run_id: int) -> list[int]:
 
 def claim_batch(*, batch_id: int, claim_id: str) -> Batch | None:
     """Take a pending batch (or one this same task held when its worker died). A batch
-    tried `ANALYSIS_MAX_BATCH_ATTEMPTS` times is failed instead of tried again."""
+    tried `ANALYSIS_MAX_BATCH_ATTEMPTS` times is failed instead of tried again.
+
+    The claim is one UPDATE on the batch row alone, so PostgreSQL re-checks its
+    condition on the row's newest version when two deliveries race (a join or subquery
+    in the WHERE would be evaluated on a stale snapshot and let both win).
+    """
+    if not AnalysisRun.objects.filter(batches=batch_id, status=Status.RUNNING).exists():
+        return None
     claimable = Q(status=Batch.Status.PENDING) | Q(status=Batch.Status.RUNNING, claim_id=claim_id)
-    claimed = Batch.objects.filter(claimable, pk=batch_id, run__status=Status.RUNNING).update(
+    claimed = Batch.objects.filter(claimable, pk=batch_id).update(
         status=Batch.Status.RUNNING, claim_id=claim_id, attempts=F("attempts") + 1, started_at=timezone.now()
     )
     if not claimed:
@@ -260,6 +267,7 @@ def claim_batch(*, batch_id: int, claim_id: str) -> Batch | None:
     if batch.attempts > settings.ANALYSIS_MAX_BATCH_ATTEMPTS:
         _commit_batch(
             batch=batch,
+            claim_id=claim_id,
             usage=LLMUsage(),
             error=f"Gave up after {batch.attempts - 1} attempts.",
             kind="attempts",
@@ -297,20 +305,23 @@ def process_batch(*, batch_id: int, claim_id: str) -> None:
             max_output_tokens=agent.max_output_tokens,
         )
     except LLMError as exc:
-        _commit_batch(batch=batch, usage=exc.usage, error=exc.message, kind=exc.kind)
+        _commit_batch(batch=batch, claim_id=claim_id, usage=exc.usage, error=exc.message, kind=exc.kind)
         return
     except Exception as exc:
         # Fail the batch rather than leave it running for ever; the error is kept.
         logger.exception("Batch %s of run %s failed unexpectedly", batch.pk, run.pk)
-        _commit_batch(batch=batch, usage=LLMUsage(), error=f"Internal error: {exc}", kind="internal")
+        _commit_batch(
+            batch=batch, claim_id=claim_id, usage=LLMUsage(), error=f"Internal error: {exc}", kind="internal"
+        )
         return
-    _commit_batch(batch=batch, usage=result.usage, answer=result.data, messages=messages)
+    _commit_batch(batch=batch, claim_id=claim_id, usage=result.usage, answer=result.data, messages=messages)
 
 
 @transaction.atomic
 def _commit_batch(
     *,
     batch: Batch,
+    claim_id: str,
     usage: LLMUsage,
     answer: dict[str, Any] | None = None,
     messages: dict[int, Message] | None = None,
@@ -319,8 +330,10 @@ def _commit_batch(
 ) -> None:
     """Commit a batch's outcome, its proposals and the run's counters in one transaction."""
     locked = Batch.objects.select_for_update().get(pk=batch.pk)
-    if locked.status != Batch.Status.RUNNING:
-        return  # finished by another delivery of the same task
+    if locked.status != Batch.Status.RUNNING or locked.claim_id != claim_id:
+        # Another delivery holds or finished the batch (its claim was released as stale
+        # and taken over): only the holder of the claim commits, so nothing counts twice.
+        return
     run = batch.run
     created: list[TaskProposal] = []
     rejected: list[str] = []

@@ -166,7 +166,8 @@ def _snapshot(proposal: TaskProposal) -> dict[str, Any]:
 
 def _lock(proposal_id: int, user: Any) -> TaskProposal:
     proposal = (
-        TaskProposal.objects.select_for_update()
+        # Lock the proposal row only: FOR UPDATE cannot reach the nullable side of a join.
+        TaskProposal.objects.select_for_update(of=("self",))
         .select_related("project", "similar_task")
         .filter(pk=proposal_id)
         .first()
