@@ -8,4 +8,5 @@ urlpatterns = [
     path("", include("sources.api")),
     path("", include("analysis.api")),
     path("", include("agents.api")),
+    path("", include("projects.api")),
 ]

@@ -19,7 +19,8 @@ from agents.defaults import (
     DEFAULT_TASK_CONFIG_NAME,
 )
 from agents.models import Agent, AgentTaskAssignment, LLMProvider, TaskConfig
-from projects.models import Project, ProjectConfig, ProjectMembership
+from projects.models import Project, ProjectMembership
+from projects.services import bump_config, create_project
 from sources.models import Chat
 from sources.services import bot_api_chat_id, import_telegram_export
 from tasktracker.exceptions import DomainError
@@ -59,8 +60,8 @@ DEMO_CONFIG: dict[str, Any] = {
         {"when": "regression from the previous version", "priority": "high"},
     ],
     "batch_time_gap_minutes": 60,
-    "change_summary": "First configuration, loaded with the demo.",
 }
+DEMO_SUMMARY = "First configuration, loaded with the demo."
 
 
 class Command(BaseCommand):
@@ -104,18 +105,6 @@ class Command(BaseCommand):
             team.append((user, role))
         lead = team[0][0]
 
-        project, created = Project.objects.get_or_create(
-            slug="acme-mobile", defaults={"name": "Acme Mobile", "default_assignee": lead}
-        )
-        if created:
-            self.changes.append(f"project {project.name}")
-        for user, role in team:
-            _, created = ProjectMembership.objects.get_or_create(
-                project=project, user=user, defaults={"role": role}
-            )
-            if created:
-                self.changes.append(f"{user.get_username()} as {role} of {project.name}")
-
         result = import_telegram_export(path_or_file=DEMO_EXPORT)
         if result.created or result.updated:
             self.changes.append(
@@ -124,20 +113,23 @@ class Command(BaseCommand):
             )
         chat = Chat.objects.get(telegram_id=DEMO_CHAT_ID)
 
-        # Config versions are immutable: the first one is written only for a project with none.
-        if not project.configs.exists():
-            config = ProjectConfig.objects.create(
-                project=project,
-                major=1,
-                minor=0,
-                patch=0,
-                is_current=True,
-                team=[{"user_id": user.pk, "role": role} for user, role in team],
-                default_assignee_id_snapshot=lead.pk,
-                author=lead,
-                **DEMO_CONFIG,
+        # The team and the first version go through the services, so the memberships and
+        # the version agree; an existing project keeps its configuration.
+        demo_config = {
+            **DEMO_CONFIG,
+            "chats": [chat.pk],
+            "team": [{"user_id": user.pk, "role": role} for user, role in team],
+            "default_assignee": lead.pk,
+        }
+        project = Project.objects.filter(slug="acme-mobile").first()
+        if project is None:
+            project = create_project(
+                name="Acme Mobile", slug="acme-mobile", user=lead, changes=demo_config, summary=DEMO_SUMMARY
             )
-            config.chats.add(chat)
+            members = ", ".join(f"{user.get_username()} ({role})" for user, role in team)
+            self.changes.append(f"project {project.name} with config v1.0.0, team {members}")
+        elif not project.configs.exists():
+            config = bump_config(project=project, user=lead, changes=demo_config, summary=DEMO_SUMMARY)
             self.changes.append(f"{project.name} config v{config.version}")
 
         task_config, created = TaskConfig.objects.get_or_create(

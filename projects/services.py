@@ -1,0 +1,496 @@
+"""Writes of the `projects` app: projects, their versioned configuration, and tasks.
+
+A project's configuration is a chain of immutable `ProjectConfig` versions; `bump_config`
+is the one function that adds a version (its docstring states the versioning rule).
+Every validation error is a `DomainError` whose code is `invalid_<field>`, so forms and
+the API put its message next to the field it is about (`error_field`).
+"""
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from celery.schedules import ParseException, crontab
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils.text import slugify
+
+from projects.models import Project, ProjectConfig, ProjectMembership, Task
+from projects.selectors import (
+    CONFIG_FIELDS,
+    FIELD_LABELS,
+    ConfigState,
+    FieldChange,
+    can_update_task,
+    config_state,
+    default_state,
+    diff_states,
+    editable_state,
+    get_config_version,
+    team_snapshot,
+)
+from sources.models import Chat
+from tasktracker.exceptions import DomainError
+
+logger = logging.getLogger(__name__)
+
+# The versioning rule (see `bump_config`): what the project reads or who is on it...
+MAJOR_FIELDS = frozenset({"chats", "team"})
+# ...what the analysis looks for...
+MINOR_FIELDS = frozenset({"keywords", "exclude_keywords", "glossary", "components", "priority_rules"})
+# ...and everything else (description, language, default assignee, batch time gap, schedule).
+PATCH_FIELDS = frozenset(CONFIG_FIELDS) - MAJOR_FIELDS - MINOR_FIELDS
+
+MAX_KEYWORD_LENGTH = 100
+MAX_BATCH_TIME_GAP_MINUTES = 7 * 24 * 60
+# `projects/new/` is the page that creates a project.
+RESERVED_SLUGS = frozenset({"new"})
+_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$")
+_SPACES = re.compile(r"\s+")
+
+
+# Validation: each function cleans one field or raises `DomainError(code="invalid_<field>")`.
+
+
+def _invalid(field: str, message: str) -> DomainError:
+    return DomainError(message, code=f"invalid_{field}")
+
+
+def error_field(exc: DomainError) -> str | None:
+    """The field a validation error (code `invalid_<field>`) is about; None for others."""
+    name = exc.code.removeprefix("invalid_")
+    return name if name != exc.code else None
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise _invalid(field, f"{FIELD_LABELS.get(field, field)} must be text.")
+    # Browsers send textareas with CRLF: without this, saving a form unchanged would
+    # differ from a text written through the API and make a version.
+    return value.replace("\r\n", "\n").replace("\r", "\n").strip()
+
+
+def _entries(value: Any, field: str) -> list[Mapping[str, Any]]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, Mapping) for v in value):
+        raise _invalid(field, f"{FIELD_LABELS[field]} must be a list of objects.")
+    return list(value)
+
+
+def _ids(values: Any, field: str) -> list[int]:
+    if not isinstance(values, list | tuple | set | frozenset):
+        raise _invalid(field, f"{FIELD_LABELS[field]} must be a list.")
+    ids = []
+    for value in values:
+        pk = getattr(value, "pk", value)
+        if isinstance(pk, bool) or not isinstance(pk, int):
+            raise _invalid(field, f"{pk!r} is not an id.")
+        ids.append(pk)
+    return ids
+
+
+def clean_keywords(values: Any, *, field: str = "keywords") -> list[str]:
+    """Keywords trimmed, lower-cased, inner spaces collapsed, each once in the order
+    given; empty ones dropped."""
+    if not isinstance(values, list | tuple) or not all(isinstance(v, str) for v in values):
+        raise _invalid(field, "Keywords must be a list of texts.")
+    cleaned: list[str] = []
+    for value in values:
+        keyword = _SPACES.sub(" ", value).strip().lower()
+        if len(keyword) > MAX_KEYWORD_LENGTH:
+            raise _invalid(field, f"“{keyword[:30]}…” is longer than {MAX_KEYWORD_LENGTH} characters.")
+        if keyword and keyword not in cleaned:
+            cleaned.append(keyword)
+    return cleaned
+
+
+def clean_language(value: Any) -> str:
+    language = _text(value, "language").lower()
+    if not _LANGUAGE.match(language):
+        raise _invalid("language", f"“{language}” is not a language code such as en, de or pt-br.")
+    return language
+
+
+def clean_schedule(value: Any) -> str:
+    """A five-field cron expression (minute hour day-of-month month day-of-week), or ""
+    for no scheduled runs. Checked with Celery's own `crontab`, as beat will read it."""
+    expression = _SPACES.sub(" ", _text(value, "schedule"))
+    if not expression:
+        return ""
+    fields = expression.split(" ")
+    if len(fields) != 5:
+        raise _invalid(
+            "schedule",
+            f"“{expression}” is not a five-field cron expression; give minute hour day-of-month "
+            "month day-of-week, e.g. 0 9 * * 1-5.",
+        )
+    minute, hour, day_of_month, month_of_year, day_of_week = fields
+    try:
+        crontab(
+            minute=minute,
+            hour=hour,
+            day_of_month=day_of_month,
+            month_of_year=month_of_year,
+            day_of_week=day_of_week,
+        )
+    except (ValueError, ParseException) as exc:
+        raise _invalid("schedule", f"“{expression}” is not a valid cron expression: {exc}") from exc
+    return expression
+
+
+def clean_batch_time_gap(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _invalid("batch_time_gap_minutes", "The batch time gap must be a whole number of minutes.")
+    if not 1 <= value <= MAX_BATCH_TIME_GAP_MINUTES:
+        raise _invalid(
+            "batch_time_gap_minutes",
+            f"The batch time gap must be between 1 and {MAX_BATCH_TIME_GAP_MINUTES} minutes (a week).",
+        )
+    return value
+
+
+def clean_glossary(value: Any) -> list[dict[str, str]]:
+    glossary: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for entry in _entries(value, "glossary"):
+        term = _SPACES.sub(" ", _text(entry.get("term", ""), "glossary"))
+        meaning = _text(entry.get("meaning", ""), "glossary")
+        if not term or not meaning:
+            raise _invalid("glossary", "Each glossary entry needs a term and its meaning.")
+        if term.casefold() in seen:
+            raise _invalid("glossary", f"The glossary has “{term}” twice.")
+        seen.add(term.casefold())
+        glossary.append({"term": term, "meaning": meaning})
+    return glossary
+
+
+def clean_components(value: Any) -> list[dict[str, Any]]:
+    components: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for entry in _entries(value, "components"):
+        name = _SPACES.sub(" ", _text(entry.get("name", ""), "components"))
+        if not name:
+            raise _invalid("components", "Each component needs a name.")
+        if name.casefold() in seen:
+            raise _invalid("components", f"There are two components named “{name}”.")
+        seen.add(name.casefold())
+        keywords = clean_keywords(entry.get("keywords", []), field="components")
+        components.append({"name": name, "keywords": keywords})
+    return components
+
+
+def clean_priority_rules(value: Any) -> list[dict[str, str]]:
+    rules: list[dict[str, str]] = []
+    for entry in _entries(value, "priority_rules"):
+        when = _SPACES.sub(" ", _text(entry.get("when", ""), "priority_rules"))
+        priority = entry.get("priority")
+        if not when:
+            raise _invalid("priority_rules", "Each priority rule needs a condition (when).")
+        if priority not in Task.Priority.values:
+            raise _invalid(
+                "priority_rules",
+                f"{priority!r} is not a priority; use one of {', '.join(Task.Priority.values)}.",
+            )
+        rules.append({"when": when, "priority": priority})
+    return rules
+
+
+def clean_chats(value: Any) -> list[int]:
+    ids = sorted(set(_ids(value, "chats")))
+    known = set(Chat.objects.filter(pk__in=ids).values_list("pk", flat=True))
+    if unknown := [pk for pk in ids if pk not in known]:
+        raise _invalid("chats", f"There is no chat {', '.join(map(str, unknown))}.")
+    return ids
+
+
+def clean_team(value: Any) -> list[dict[str, Any]]:
+    """Members by user id, each once, roles lead or member, at least one lead."""
+    members: dict[int, str] = {}
+    for entry in _entries(value, "team"):
+        user_id = getattr(entry.get("user"), "pk", entry.get("user_id"))
+        [user_id] = _ids([user_id], "team")
+        role = entry.get("role", ProjectMembership.Role.MEMBER)
+        if role not in ProjectMembership.Role.values:
+            raise _invalid("team", f"{role!r} is not a role; use lead or member.")
+        if user_id in members:
+            raise _invalid("team", "Each person can be on the team once.")
+        members[user_id] = role
+    known = set(get_user_model().objects.filter(pk__in=members).values_list("pk", flat=True))
+    if unknown := [pk for pk in members if pk not in known]:
+        raise _invalid("team", f"There is no user {', '.join(map(str, unknown))}.")
+    if ProjectMembership.Role.LEAD not in members.values():
+        raise _invalid("team", "The team needs at least one team lead.")
+    return team_snapshot(members.items())
+
+
+def clean_default_assignee(value: Any, team: list[dict[str, Any]]) -> int | None:
+    if value is None or value == "":
+        return None
+    [user_id] = _ids([value], "default_assignee")
+    if user_id not in {m["user_id"] for m in team}:
+        raise _invalid("default_assignee", "The default assignee must be on the team.")
+    return user_id
+
+
+def clean_config(state: Mapping[str, Any]) -> ConfigState:
+    """A whole configuration checked and normalised, as a version stores it."""
+    team = clean_team(state["team"])
+    return ConfigState(
+        description=_text(state["description"], "description"),
+        language=clean_language(state["language"]),
+        keywords=clean_keywords(state["keywords"]),
+        exclude_keywords=clean_keywords(state["exclude_keywords"], field="exclude_keywords"),
+        glossary=clean_glossary(state["glossary"]),
+        components=clean_components(state["components"]),
+        priority_rules=clean_priority_rules(state["priority_rules"]),
+        chats=clean_chats(state["chats"]),
+        team=team,
+        default_assignee=clean_default_assignee(state["default_assignee"], team),
+        batch_time_gap_minutes=clean_batch_time_gap(state["batch_time_gap_minutes"]),
+        schedule=clean_schedule(state["schedule"]),
+    )
+
+
+# Versions
+
+
+def bump_level(changes: Iterable[FieldChange]) -> str | None:
+    """ "major", "minor" or "patch" for a set of changed fields; None when nothing changed."""
+    fields = {change.field for change in changes}
+    if fields & MAJOR_FIELDS:
+        return "major"
+    if fields & MINOR_FIELDS:
+        return "minor"
+    return "patch" if fields else None
+
+
+def _next_version(project: Project, level: str) -> tuple[int, int, int]:
+    latest = ProjectConfig.objects.filter(project=project).order_by("-major", "-minor", "-patch").first()
+    if latest is None:
+        return 1, 0, 0
+    major, minor, patch = latest.major, latest.minor, latest.patch
+    if level == "major":
+        return major + 1, 0, 0
+    if level == "minor":
+        return major, minor + 1, 0
+    return major, minor, patch + 1
+
+
+def _summary(changes: list[FieldChange], given: str) -> str:
+    given = _SPACES.sub(" ", given).strip()
+    if given:
+        return given[:500]
+    return "Changed " + ", ".join(FIELD_LABELS[c.field].lower() for c in changes) + "."
+
+
+def _apply_team(project: Project, team: list[dict[str, Any]], default_assignee: int | None) -> None:
+    """Make the live memberships and the default assignee what the new version says."""
+    roles = {m["user_id"]: m["role"] for m in team}
+    memberships = {m.user_id: m for m in project.memberships.all()}
+    project.memberships.exclude(user_id__in=roles).delete()
+    for user_id, role in roles.items():
+        membership = memberships.get(user_id)
+        if membership is None:
+            ProjectMembership.objects.create(project=project, user_id=user_id, role=role)
+        elif membership.role != role:
+            membership.role = role
+            membership.save(update_fields=["role"])
+    if project.default_assignee_id != default_assignee:
+        project.default_assignee_id = default_assignee
+        project.save(update_fields=["default_assignee", "updated_at"])
+
+
+@transaction.atomic
+def bump_config(
+    *,
+    project: Project,
+    user: AbstractBaseUser | None,
+    changes: Mapping[str, Any],
+    summary: str = "",
+    base_version: str | None = None,
+) -> ProjectConfig | None:
+    """Save `changes` (some of `CONFIG_FIELDS`) as a new current version, or return None
+    when they change nothing.
+
+    The versioning rule, compared with the current version:
+    - **major** (2.0.0) when what the project reads or who is on it changes: `chats`, `team`;
+    - **minor** (1.1.0) when what the analysis looks for changes: `keywords`,
+      `exclude_keywords`, `glossary`, `components`, `priority_rules`;
+    - **patch** (1.0.1) for any other edit: `description`, `language`, `default_assignee`,
+      `batch_time_gap_minutes`, `schedule`.
+    The biggest change wins; the version counts up from the project's highest one. A
+    project without any version gets 1.0.0.
+
+    Fields not in `changes` keep their value, except the team and the default assignee,
+    which start from the live memberships and project row: those can change in the admin
+    between versions, and the new version records them as they are. The new version is
+    applied back to the memberships and `Project.default_assignee`.
+
+    Locks the project row, so two concurrent saves get consecutive versions (the second
+    compares with the first). With `base_version`, refuses (409) when the current version
+    is no longer that one: the editor saw an older version and would undo a newer save.
+    """
+    unknown = sorted(set(changes) - set(CONFIG_FIELDS))
+    if unknown:
+        raise DomainError(f"Not configuration fields: {', '.join(unknown)}.", code="unknown_fields")
+    project = Project.objects.select_for_update().get(pk=project.pk)
+    current = ProjectConfig.objects.filter(project=project, is_current=True).prefetch_related("chats").first()
+    if base_version is not None and current is not None and current.version != base_version:
+        raise DomainError(
+            f"Someone saved v{current.version} after you opened v{base_version}; reload the page "
+            "and make your change again.",
+            code="stale_version",
+            status=409,
+        )
+    new = clean_config({**editable_state(project, current), **changes})
+    old = config_state(current) if current is not None else default_state()
+    changed = diff_states(old, new)
+    if current is not None and not changed:
+        return None
+    # Without a current version this is the project's first: 1.0.0 (`_next_version` of none).
+    level = bump_level(changed) if current is not None else "major"
+    major, minor, patch = _next_version(project, level or "major")
+    if current is not None:
+        # Before the insert: the database allows one current version per project.
+        ProjectConfig.objects.filter(pk=current.pk).update(is_current=False)
+    config = ProjectConfig.objects.create(
+        project=project,
+        major=major,
+        minor=minor,
+        patch=patch,
+        is_current=True,
+        description=new["description"],
+        language=new["language"],
+        keywords=new["keywords"],
+        exclude_keywords=new["exclude_keywords"],
+        glossary=new["glossary"],
+        components=new["components"],
+        priority_rules=new["priority_rules"],
+        team=new["team"],
+        default_assignee_id_snapshot=new["default_assignee"],
+        batch_time_gap_minutes=new["batch_time_gap_minutes"],
+        schedule=new["schedule"],
+        author=user if user is not None and user.is_authenticated else None,
+        change_summary=_summary(changed, summary) if current is not None else (summary or "First version."),
+    )
+    config.chats.set(new["chats"])
+    _apply_team(project, new["team"], new["default_assignee"])
+    return config
+
+
+@transaction.atomic
+def rollback_config(*, project: Project, version: str, user: AbstractBaseUser | None) -> ProjectConfig:
+    """Make a new version equal to an old one (versions never change, so a rollback is a
+    save). Its number follows the rule of `bump_config` from the current version. Users
+    deleted since are left out and named in the summary (deleted chats are gone from the
+    old version's `chats` already)."""
+    old = get_config_version(project, version)
+    state = config_state(old)
+    live_users = set(
+        get_user_model()
+        .objects.filter(pk__in=[m["user_id"] for m in state["team"]])
+        .values_list("pk", flat=True)
+    )
+    gone = [m["user_id"] for m in state["team"] if m["user_id"] not in live_users]
+    state["team"] = [m for m in state["team"] if m["user_id"] in live_users]
+    if state["default_assignee"] not in live_users:
+        state["default_assignee"] = None
+    summary = f"Rolled back to v{old.version}."
+    if gone:
+        summary += f" Deleted users left out: {', '.join(map(str, gone))}."
+    config = bump_config(project=project, user=user, changes=state, summary=summary)
+    if config is None:
+        raise DomainError(f"v{old.version} is the current configuration already.", code="no_change")
+    return config
+
+
+@transaction.atomic
+def create_project(
+    *,
+    name: str,
+    slug: str,
+    user: AbstractBaseUser,
+    changes: Mapping[str, Any] | None = None,
+    summary: str = "",
+) -> Project:
+    """Create a project and its first version, 1.0.0. Its creator is on the team as a
+    team lead, whatever role `changes["team"]` gives them."""
+    name = _SPACES.sub(" ", name).strip()
+    slug = slug.strip() or slugify(name)
+    if not name:
+        raise DomainError("A project needs a name.", code="invalid_name")
+    if not slug:
+        raise DomainError("Give a slug: letters, digits and hyphens.", code="invalid_slug")
+    if slugify(slug) != slug or slug in RESERVED_SLUGS:
+        raise DomainError(
+            f"“{slug}” cannot be a slug: use lower-case letters, digits and hyphens (not “new”).",
+            code="invalid_slug",
+        )
+    if Project.objects.filter(name__iexact=name).exists():
+        raise DomainError(f"There is a project named {name} already.", code="invalid_name")
+    if Project.objects.filter(slug=slug).exists():
+        raise DomainError(f"The slug {slug} is taken.", code="invalid_slug")
+    changes = dict(changes or {})
+    team = [m for m in changes.get("team", []) if getattr(m.get("user"), "pk", m.get("user_id")) != user.pk]
+    changes["team"] = [*team, {"user_id": user.pk, "role": ProjectMembership.Role.LEAD}]
+    project = Project.objects.create(name=name, slug=slug)
+    bump_config(project=project, user=user, changes=changes, summary=summary or "Project created.")
+    project.refresh_from_db()
+    return project
+
+
+# Tasks
+
+TASK_TRANSITIONS: dict[str, frozenset[str]] = {
+    Task.Status.OPEN: frozenset({Task.Status.IN_PROGRESS, Task.Status.DONE, Task.Status.CANCELLED}),
+    Task.Status.IN_PROGRESS: frozenset({Task.Status.OPEN, Task.Status.DONE, Task.Status.CANCELLED}),
+    Task.Status.DONE: frozenset({Task.Status.OPEN}),
+    Task.Status.CANCELLED: frozenset({Task.Status.OPEN}),
+}
+
+
+class _Unset:
+    """`assignee` not given, as opposed to None (unassign)."""
+
+
+UNSET = _Unset()
+
+
+@transaction.atomic
+def update_task(
+    *,
+    task: Task,
+    user: AbstractBaseUser,
+    status: str | None = None,
+    assignee: AbstractBaseUser | _Unset | None = UNSET,
+) -> Task:
+    """Move a task to another status (only along `TASK_TRANSITIONS`; a done or cancelled
+    task is reopened first) and/or assign it to someone on its project's team, or to
+    nobody with `assignee=None`. Only the project's team and staff may. Locks the task row."""
+    task = Task.objects.select_for_update().select_related("project").get(pk=task.pk)
+    if not can_update_task(user, task):
+        raise DomainError("Only the project's team can change its tasks.", code="forbidden", status=403)
+    fields = []
+    if status is not None and status != task.status:
+        if status not in TASK_TRANSITIONS:
+            raise DomainError(f"{status!r} is not a task status.", code="invalid_status")
+        if status not in TASK_TRANSITIONS[task.status]:
+            raise DomainError(
+                f"A {task.get_status_display().lower()} task cannot become {status}; reopen it first.",
+                code="illegal_transition",
+                status=409,
+            )
+        logger.info("%s moved task %s from %s to %s", user, task.pk, task.status, status)
+        task.status = status
+        fields.append("status")
+    if not isinstance(assignee, _Unset):
+        assignee_id = assignee.pk if assignee is not None else None
+        if assignee_id is not None and not task.project.memberships.filter(user_id=assignee_id).exists():
+            raise DomainError(f"{assignee} is not on the team of {task.project}.", code="invalid_assignee")
+        if assignee_id != task.assignee_id:
+            task.assignee_id = assignee_id
+            fields.append("assignee")
+    if fields:
+        task.save(update_fields=[*fields, "updated_at"])
+    return task

@@ -1,0 +1,187 @@
+"""The team lead's pages: projects, a project, its configuration form, history, rollback."""
+
+from typing import Any
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from projects.forms import ConfigEditor, NewProjectForm
+from projects.models import Project, ProjectMembership
+from projects.selectors import (
+    can_create_projects,
+    can_edit_project,
+    can_view_project,
+    compare_configs,
+    config_history,
+    current_config,
+    open_tasks,
+    project_detail,
+    projects_visible_to,
+    recent_runs,
+    team_drifted,
+    versions_for_diff,
+)
+from projects.services import bump_config, create_project, rollback_config
+from tasktracker.exceptions import DomainError
+
+OPEN_TASKS_SHOWN = 50
+
+
+def _project(request: HttpRequest, slug: str) -> Project:
+    """A project the user may see; 404 for the others, as if it did not exist."""
+    project = get_object_or_404(project_detail(), slug=slug)
+    if not can_view_project(request.user, project):
+        raise Http404
+    return project
+
+
+def _editable(request: HttpRequest, slug: str) -> Project:
+    project = get_object_or_404(project_detail(), slug=slug)
+    if not can_edit_project(request.user, project):
+        raise PermissionDenied
+    return project
+
+
+@login_required
+def project_list(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    page = Paginator(projects_visible_to(user), 50).get_page(request.GET.get("page"))
+    led = set(
+        user.project_memberships.filter(role=ProjectMembership.Role.LEAD).values_list("project_id", flat=True)
+    )
+    for project in page:
+        project.can_edit = user.is_staff or project.pk in led
+        project.current_config = project.current_configs[0] if project.current_configs else None
+    return render(
+        request, "projects/project_list.html", {"page": page, "can_create": can_create_projects(user)}
+    )
+
+
+@login_required
+def project_new(request: HttpRequest) -> HttpResponse:
+    if not can_create_projects(request.user):
+        raise PermissionDenied
+    form = NewProjectForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            project = create_project(
+                name=form.cleaned_data["name"],
+                slug=form.cleaned_data["slug"],
+                user=request.user,
+                changes={"description": form.cleaned_data["description"]},
+            )
+        except DomainError as exc:
+            form.add_domain_error(exc)
+        else:
+            messages.success(request, f"{project.name} created with v1.0.0; you are its team lead.")
+            return redirect("projects:project-edit", slug=project.slug)
+    return render(request, "projects/project_new.html", {"form": form}, status=400 if form.errors else 200)
+
+
+@login_required
+def project_page(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _project(request, slug)
+    config = current_config(project)
+    tasks = open_tasks(project)
+    members = list(project.memberships.all())
+    context: dict[str, Any] = {
+        "project": project,
+        "config": config,
+        "members": members,
+        "tasks": tasks[:OPEN_TASKS_SHOWN],
+        "open_task_count": tasks.count(),
+        "runs": recent_runs(project),
+        "can_edit": can_edit_project(request.user, project),
+        "team_drifted": team_drifted(project, config),
+    }
+    return render(request, "projects/project_detail.html", context)
+
+
+@login_required
+def project_edit(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _editable(request, slug)
+    config = current_config(project)
+    editor = ConfigEditor(project=project, config=config, data=request.POST or None)
+    if request.method == "POST" and editor.is_valid():
+        try:
+            new = bump_config(
+                project=project,
+                user=request.user,
+                changes=editor.changes(),
+                summary=editor.summary,
+                base_version=editor.base_version,
+            )
+        except DomainError as exc:
+            editor.add_error(exc)
+        else:
+            if new is None:
+                messages.info(request, "Nothing changed, so no new version was made.")
+            else:
+                messages.success(request, f"Saved as v{new.version}.")
+            return redirect("projects:project-detail", slug=project.slug)
+    context = {
+        "project": project,
+        "config": config,
+        "editor": editor,
+        "form": editor.form,
+        "team_drifted": team_drifted(project, config),
+    }
+    return render(request, "projects/project_edit.html", context, status=400 if editor.has_errors else 200)
+
+
+@login_required
+def project_history(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _project(request, slug)
+    page = Paginator(config_history(project), 50).get_page(request.GET.get("page"))
+    versions = list(page)
+    a, b = request.GET.get("a"), request.GET.get("b")
+    if not (a and b) and page.number == 1 and len(versions) > 1:
+        # By default, what the current version changed.
+        a, b = versions[1].version, versions[0].version
+    context: dict[str, Any] = {
+        "project": project,
+        "page": page,
+        "versions": versions,
+        "can_edit": can_edit_project(request.user, project),
+        "a": a,
+        "b": b,
+    }
+    status = 200
+    if a and b:
+        try:
+            config_a, config_b = versions_for_diff(project, a, b)
+        except DomainError as exc:
+            context["diff_error"] = exc.message
+            status = exc.status
+        else:
+            compared = compare_configs(config_a, config_b)
+            context.update(
+                config_a=config_a,
+                config_b=config_b,
+                compared=compared,
+                changed_count=sum(1 for row in compared if row.changed),
+            )
+    return render(request, "projects/project_history.html", context, status=status)
+
+
+@login_required
+@require_POST
+def project_rollback(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _editable(request, slug)
+    version = request.POST.get("version", "")
+    previous = current_config(project)
+    try:
+        new = rollback_config(project=project, version=version, user=request.user)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+        return redirect("projects:project-history", slug=project.slug)
+    messages.success(request, f"Rolled back to v{version}: saved as v{new.version}.")
+    query = urlencode({"a": previous.version, "b": new.version}) if previous is not None else ""
+    return redirect(f"{reverse('projects:project-history', args=[project.slug])}?{query}")
