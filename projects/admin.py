@@ -3,7 +3,8 @@ from django.db.models import Count, Prefetch, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
 
-from projects.models import Project, ProjectConfig, ProjectMembership, Task
+from projects.models import Project, ProjectConfig, ProjectMembership, Task, WebhookDelivery, WebhookEndpoint
+from projects.tasks import deliver_webhook_task
 
 
 class ProjectMembershipInline(admin.TabularInline):
@@ -157,3 +158,54 @@ class TaskAdmin(admin.ModelAdmin):
         if not change:
             obj.created_by = request.user
         super().save_model(request, obj, form, change)
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin):
+    list_display = ["url", "project", "events", "is_active", "created_at"]
+    list_filter = ["is_active", "project"]
+    list_select_related = ["project"]
+    search_fields = ["url", "project__name"]
+    readonly_fields = ["created_at"]
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    list_display = [
+        "event",
+        "endpoint",
+        "status",
+        "attempts",
+        "response_status",
+        "created_at",
+        "delivered_at",
+    ]
+    list_filter = ["status", "event"]
+    list_select_related = ["endpoint__project"]
+    search_fields = ["endpoint__url", "error"]
+    readonly_fields = [
+        "endpoint",
+        "event",
+        "payload",
+        "status",
+        "attempts",
+        "response_status",
+        "error",
+        "created_at",
+        "delivered_at",
+    ]
+    actions = ["send_again"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: WebhookDelivery | None = None) -> bool:
+        return False  # a log: written by the deliveries only
+
+    @admin.action(description="Send the selected deliveries again")
+    def send_again(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
+        ids = list(queryset.values_list("pk", flat=True))
+        queryset.update(status=WebhookDelivery.Status.PENDING)
+        for pk in ids:
+            deliver_webhook_task.delay(pk)
+        self.message_user(request, f"{len(ids)} deliveries queued again.")

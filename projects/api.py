@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 from rest_framework.views import APIView
 
-from projects.models import Project, ProjectConfig, ProjectMembership, Task
+from projects.models import Project, ProjectConfig, ProjectMembership, Task, WebhookDelivery, WebhookEndpoint
 from projects.selectors import (
     can_create_projects,
     can_edit_project,
@@ -486,9 +486,84 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         return Response(TaskSerializer(self.get_queryset().get(pk=task.pk)).data)
 
 
+class WebhookSerializer(serializers.ModelSerializer):
+    events = serializers.ListField(
+        child=serializers.ChoiceField(choices=WebhookEndpoint.Event.choices),
+        required=False,
+        help_text="Events to receive; empty for all.",
+    )
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ["id", "project", "url", "events", "is_active", "secret", "created_at"]
+        read_only_fields = ["id", "secret", "created_at"]
+        extra_kwargs = {"secret": {"help_text": "HMAC-SHA256 key of X-Tasktracker-Signature."}}
+
+
+class WebhookDeliverySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WebhookDelivery
+        fields = [
+            "id",
+            "event",
+            "status",
+            "attempts",
+            "response_status",
+            "error",
+            "created_at",
+            "delivered_at",
+        ]
+        read_only_fields = fields
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List the webhooks of the projects you lead (all for staff)"),
+    create=extend_schema(
+        summary="Register a webhook",
+        description="The project receives signed JSON POSTs (`X-Tasktracker-Signature: sha256=<HMAC of the "
+        "body with the secret>`) when a proposal is approved or a task changes status; failed deliveries are "
+        "retried with backoff and logged. Leads of the project or staff.",
+    ),
+)
+class WebhookViewSet(
+    mixins.ListModelMixin,
+    mixins.CreateModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    serializer_class = WebhookSerializer
+    permission_classes = [permissions.IsAuthenticated]
+    filterset_fields = ["project", "is_active"]
+    lookup_value_regex = r"\d+"
+
+    def get_queryset(self) -> QuerySet[WebhookEndpoint]:
+        webhooks = WebhookEndpoint.objects.select_related("project").order_by("pk")
+        user = self.request.user
+        if getattr(self, "swagger_fake_view", False):
+            return webhooks.none()
+        if user.is_staff:
+            return webhooks
+        return webhooks.filter(project__memberships__user=user, project__memberships__role="lead")
+
+    def perform_create(self, serializer: serializers.BaseSerializer) -> None:
+        if not can_edit_project(self.request.user, serializer.validated_data["project"]):
+            raise PermissionDenied("Only the project's leads or staff can add its webhooks.")
+        serializer.save()
+
+    @extend_schema(
+        summary="The webhook's latest deliveries", responses={200: WebhookDeliverySerializer(many=True)}
+    )
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    def deliveries(self, request: Request, pk: str) -> Response:
+        endpoint = self.get_object()
+        return Response(WebhookDeliverySerializer(endpoint.deliveries.all()[:100], many=True).data)
+
+
 router = SimpleRouter()
 router.register("projects", ProjectViewSet, basename="project")
 router.register("tasks", TaskViewSet, basename="task")
+router.register("webhooks", WebhookViewSet, basename="webhook")
 
 app_name = "projects"
 urlpatterns = router.urls

@@ -17,7 +17,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils.text import slugify
 
-from projects.models import Project, ProjectConfig, ProjectMembership, Task
+from projects.models import Project, ProjectConfig, ProjectMembership, Task, WebhookEndpoint
 from projects.selectors import (
     CONFIG_FIELDS,
     FIELD_LABELS,
@@ -31,6 +31,7 @@ from projects.selectors import (
     get_config_version,
     team_snapshot,
 )
+from projects.webhooks import emit_webhook
 from sources.models import Chat
 from tasktracker.exceptions import DomainError
 
@@ -493,4 +494,26 @@ def update_task(
             fields.append("assignee")
     if fields:
         task.save(update_fields=[*fields, "updated_at"])
+    if "status" in fields:
+        emit_webhook(
+            project=task.project, event=WebhookEndpoint.Event.TASK_STATUS_CHANGED, payload=task_payload(task)
+        )
     return task
+
+
+def task_payload(task: Task) -> dict[str, Any]:
+    """What integrations receive about a task."""
+    return {
+        "task": {
+            "id": task.pk,
+            "project": task.project.slug,
+            "title": task.title,
+            "description": task.description,
+            "status": task.status,
+            "priority": task.priority,
+            "category": task.category,
+            "tags": task.tags,
+            "due_date": task.due_date.isoformat() if task.due_date else None,
+            "assignee": task.assignee.get_username() if task.assignee_id else None,
+        }
+    }

@@ -12,7 +12,9 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from projects.models import Project, Task
+from projects.models import Project, Task, WebhookEndpoint
+from projects.services import task_payload
+from projects.webhooks import emit_webhook
 from proposals.models import ReviewEvent, TaskProposal
 from sources.models import Message
 from tasktracker.exceptions import DomainError
@@ -273,6 +275,14 @@ def approve_proposal(
     _reviewed(proposal, user, TaskProposal.Status.APPROVED, action)
     proposal.save()
     _record(proposal, user, action, before, task=task)
+    emit_webhook(
+        project=proposal.project,
+        event=WebhookEndpoint.Event.PROPOSAL_APPROVED,
+        payload={
+            "proposal": {"id": proposal.pk, "title": proposal.title, "action": action},
+            **task_payload(task),
+        },
+    )
     return task
 
 

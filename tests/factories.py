@@ -19,7 +19,7 @@ from django.utils.text import slugify
 from agents.crypto import encrypt
 from agents.models import Agent, AgentTaskAssignment, LLMProvider, TaskConfig
 from analysis.models import AnalysisRun, Batch
-from projects.models import Project, ProjectConfig, ProjectMembership, Task
+from projects.models import Project, ProjectConfig, ProjectMembership, Task, WebhookDelivery, WebhookEndpoint
 from proposals.models import ReviewEvent, TaskProposal
 from sources.models import Chat, Message, MessageEdit, PollingState, TelegramUpdate
 
@@ -170,6 +170,23 @@ class TaskFactory(factory.django.DjangoModelFactory):
     project = factory.SubFactory(ProjectFactory)
     title = factory.Sequence(lambda n: f"Task {n}")
     description = "Something to do."
+
+
+class WebhookEndpointFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = WebhookEndpoint
+
+    project = factory.SubFactory(ProjectFactory)
+    url = factory.Sequence(lambda n: f"https://hooks.example.com/{n}")
+
+
+class WebhookDeliveryFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = WebhookDelivery
+
+    endpoint = factory.SubFactory(WebhookEndpointFactory)
+    event = "task.status_changed"
+    payload = factory.LazyFunction(lambda: {"task": {"id": 1}})
 
 
 # agents

@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from agents.models import Agent, AgentTaskAssignment, LLMProvider, TaskConfig
 from analysis.models import AnalysisRun, Batch
-from projects.models import Project, ProjectConfig, ProjectMembership, Task
+from projects.models import Project, ProjectConfig, ProjectMembership, Task, WebhookDelivery, WebhookEndpoint
 from proposals.models import ReviewEvent, TaskProposal
 from sources.models import Chat, Message, MessageEdit, PollingState, TelegramUpdate
 from tests.factories import (
@@ -35,6 +35,8 @@ from tests.factories import (
     TaskProposalFactory,
     TelegramUpdateFactory,
     UserFactory,
+    WebhookDeliveryFactory,
+    WebhookEndpointFactory,
 )
 
 pytestmark = pytest.mark.django_db
@@ -43,7 +45,17 @@ OUR_APPS = ["sources", "projects", "agents", "analysis", "proposals"]
 
 # Models people configure in the admin; everything else is written by services
 # (ingestion, `bump_config`, the pipeline, the review services) and only shown.
-EDITABLE = [Chat, Project, ProjectMembership, Task, LLMProvider, Agent, TaskConfig, AgentTaskAssignment]
+EDITABLE = [
+    Chat,
+    Project,
+    ProjectMembership,
+    Task,
+    WebhookEndpoint,
+    LLMProvider,
+    Agent,
+    TaskConfig,
+    AgentTaskAssignment,
+]
 VIEW_ONLY = [
     Message,
     MessageEdit,
@@ -54,6 +66,7 @@ VIEW_ONLY = [
     Batch,
     TaskProposal,
     ReviewEvent,
+    WebhookDelivery,
 ]
 ALL_MODELS = EDITABLE + VIEW_ONLY
 
@@ -73,6 +86,8 @@ MAKERS: dict[type[Model], Callable[[int], Any]] = {
     ProjectMembership: lambda n: ProjectMembershipFactory.create_batch(n),
     ProjectConfig: lambda n: ProjectConfigFactory.create_batch(n, author=UserFactory()),
     Task: lambda n: TaskFactory.create_batch(n, assignee=UserFactory()),
+    WebhookEndpoint: lambda n: WebhookEndpointFactory.create_batch(n),
+    WebhookDelivery: lambda n: WebhookDeliveryFactory.create_batch(n),
     LLMProvider: lambda n: LLMProviderFactory.create_batch(n),
     Agent: lambda n: AgentFactory.create_batch(n),
     TaskConfig: lambda n: [AgentTaskAssignmentFactory().task_config for _ in range(n)],
@@ -161,6 +176,8 @@ def objects() -> dict[type[Model], Model]:
         Batch: batch,
         TaskProposal: proposal,
         ReviewEvent: ReviewEventFactory(proposal=proposal, user=user, task=task),
+        WebhookEndpoint: (endpoint := WebhookEndpointFactory(project=project)),
+        WebhookDelivery: WebhookDeliveryFactory(endpoint=endpoint),
     }
 
 
