@@ -17,6 +17,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 import openai
@@ -83,13 +84,15 @@ class LLMResult:
 
 
 def _client(provider: LLMProvider) -> openai.OpenAI:
-    return openai.OpenAI(
-        # Local servers (Ollama, llama.cpp) take any key; the client insists on one.
-        api_key=provider.api_key or "no-key",
-        base_url=provider.base_url,
-        timeout=provider.timeout_seconds,
-        max_retries=0,
-    )
+    # Local servers (Ollama, llama.cpp) take any key; the client insists on one.
+    return _cached_client(provider.base_url, provider.api_key or "no-key", provider.timeout_seconds)
+
+
+@lru_cache(maxsize=32)
+def _cached_client(base_url: str, api_key: str, timeout: float) -> openai.OpenAI:
+    """One client per endpoint, key and timeout, reused: building one loads the CA bundle
+    (tens of milliseconds), and a reused one keeps its connections alive between calls."""
+    return openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
 
 
 def validate_schema(schema: dict[str, Any]) -> None:

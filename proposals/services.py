@@ -52,6 +52,14 @@ def _normal_title(title: str) -> str:
     return _SPACES.sub(" ", title.casefold()).strip()
 
 
+def _title_ratio(normal: str, title: str) -> float:
+    """difflib's similarity of two titles; 0 when its cheap upper bounds already rule a match out."""
+    matcher = difflib.SequenceMatcher(None, normal, _normal_title(title))
+    if matcher.real_quick_ratio() < SIMILAR_TITLE_RATIO or matcher.quick_ratio() < SIMILAR_TITLE_RATIO:
+        return 0.0
+    return matcher.ratio()
+
+
 def find_similar(*, project: Project, message_ids: Sequence[int], title: str) -> Similarity | None:
     """The pending or approved proposal, or task, this one repeats: first by source
     messages (same or overlapping, scored by Jaccard), then by a close title."""
@@ -76,13 +84,13 @@ def find_similar(*, project: Project, message_ids: Sequence[int], title: str) ->
     normal = _normal_title(title)
     titled = TaskProposal.objects.filter(live, project=project).only("pk", "title")
     for candidate in titled.order_by("-created_at")[:500]:
-        ratio = difflib.SequenceMatcher(None, normal, _normal_title(candidate.title)).ratio()
+        ratio = _title_ratio(normal, candidate.title)
         if ratio >= SIMILAR_TITLE_RATIO and (best is None or ratio > best.score):
             best = Similarity(proposal=candidate, task=None, score=round(ratio, 3), kind="similar_title")
     for task in (
         Task.objects.filter(project=project).exclude(status=Task.Status.CANCELLED).only("pk", "title")[:500]
     ):
-        ratio = difflib.SequenceMatcher(None, normal, _normal_title(task.title)).ratio()
+        ratio = _title_ratio(normal, task.title)
         if ratio >= SIMILAR_TITLE_RATIO and (best is None or ratio > best.score):
             best = Similarity(proposal=None, task=task, score=round(ratio, 3), kind="similar_title")
     return best
@@ -495,3 +503,22 @@ def bulk_review(*, proposal_ids: Sequence[int], user: Any, action: str, reason: 
         except DomainError as exc:
             outcome.refused[proposal_id] = exc.message
     return outcome
+
+
+@transaction.atomic
+def merge_with_similar(*, proposal_id: int, user: Any) -> TaskProposal:
+    """Fold a pending proposal into the similar proposal it was linked to when it was made:
+    merged into it (which takes its sources) while that one is pending, marked as its
+    duplicate once it is approved. Returns the proposal that stays. Locks both rows, in id
+    order like `merge_proposals`, so two reviewers folding a pair never deadlock."""
+    similar_id = (
+        TaskProposal.objects.filter(pk=proposal_id).values_list("similar_proposal_id", flat=True).first()
+    )
+    if similar_id is None:
+        _lock(proposal_id, user)  # Not found or not yours says so first.
+        raise DomainError(f"Proposal {proposal_id} has no similar proposal to merge with.", code="no_similar")
+    locked = {pk: _lock(pk, user) for pk in sorted((proposal_id, similar_id))}
+    if locked[similar_id].status == PENDING:
+        return merge_proposals(proposal_ids=[similar_id, proposal_id], user=user, into_id=similar_id)
+    mark_duplicate(proposal_id=proposal_id, of_id=similar_id, user=user)
+    return locked[similar_id]
