@@ -15,7 +15,7 @@ from rest_framework.routers import SimpleRouter
 from agents.models import AgentTaskAssignment
 from analysis.models import AnalysisRun, Batch
 from analysis.selectors import can_operate_run, can_start_runs, runs_visible_to
-from analysis.services import cancel_run, retry_failed_batches, start_run
+from analysis.services import cancel_run, close_run, retry_failed_batches, start_run
 from projects.models import Project
 from sources.api import AwareDateTimeField
 from sources.models import Chat
@@ -200,6 +200,23 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     def batches(self, request: Request, pk: str) -> Response:
         run = self.get_object()
         return Response(BatchSerializer(run.batches.order_by("index"), many=True).data)
+
+    @extend_schema(
+        summary="Close a reviewed run",
+        description="A completed run whose proposals are all reviewed is closed, and its review "
+        "figures stored in `review_stats`: approved, rejected, merged and the approval rate, overall "
+        "and per confidence band. Staff, or a lead of every project of the run.",
+        request=None,
+        responses={
+            200: RunSerializer,
+            403: OpenApiResponse(description="Neither staff nor a lead of every project of the run."),
+            409: OpenApiResponse(description="The run is not completed, or some proposals are pending."),
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def close(self, request: Request, pk: str) -> Response:
+        run = close_run(run_id=self._operable().pk)
+        return Response(RunSerializer(self.get_queryset().get(pk=run.pk)).data)
 
 
 router = SimpleRouter()

@@ -1,12 +1,14 @@
 """Reads of the `proposals` app, with their related rows loaded up front."""
 
+from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Prefetch, Q, QuerySet, prefetch_related_objects
 
+from projects.models import Project, ProjectMembership
 from proposals.models import HIGH_CONFIDENCE, MEDIUM_CONFIDENCE, ReviewEvent, TaskProposal
-from proposals.services import reviewable_projects
-from sources.models import Message
+from proposals.services import REVIEWER_GROUP, reviewable_projects
+from sources.models import Chat, Message
 
 
 def proposal_list() -> QuerySet[TaskProposal]:
@@ -56,3 +58,94 @@ def message_context(message: Message, *, around: int = 3) -> list[Message]:
     before = list(chat_messages.filter(sent_at__lt=message.sent_at).order_by("-sent_at", "-pk")[:around])
     after = list(chat_messages.filter(sent_at__gt=message.sent_at).order_by("sent_at", "pk")[:around])
     return [*reversed(before), message, *after]
+
+
+# The review pages: who reviews what, where a proposal sits in the queue, its chat context.
+
+
+def may_review_any(user: Any) -> bool:
+    """Whether the user reviews some project's proposals: staff, the Reviewers group, or
+    a team lead (the project-wide reading of `can_review`)."""
+    if not getattr(user, "is_authenticated", False):
+        return False
+    if user.is_staff or user.groups.filter(name=REVIEWER_GROUP).exists():
+        return True
+    return user.project_memberships.filter(role=ProjectMembership.Role.LEAD).exists()
+
+
+def projects_reviewable_by(user: Any) -> QuerySet[Project]:
+    """The projects whose proposals the user reviews."""
+    if not getattr(user, "is_authenticated", False):
+        return Project.objects.none()
+    if user.is_staff or user.groups.filter(name=REVIEWER_GROUP).exists():
+        return Project.objects.all()
+    return Project.objects.filter(
+        memberships__user=user, memberships__role=ProjectMembership.Role.LEAD
+    ).distinct()
+
+
+def queue_neighbours(queue: QuerySet[TaskProposal], proposal: TaskProposal) -> tuple[int | None, int | None]:
+    """The ids of the proposals just before and just after `proposal` in a queue ordered
+    like `review_queue` (confidence down, then oldest, then id). Compared by value, so it
+    works for a proposal that has left the queue (reviewed a moment ago)."""
+    confidence, created_at, pk = proposal.confidence, proposal.created_at, proposal.pk
+    later = (
+        Q(confidence__lt=confidence)
+        | Q(confidence=confidence, created_at__gt=created_at)
+        | Q(confidence=confidence, created_at=created_at, pk__gt=pk)
+    )
+    earlier = (
+        Q(confidence__gt=confidence)
+        | Q(confidence=confidence, created_at__lt=created_at)
+        | Q(confidence=confidence, created_at=created_at, pk__lt=pk)
+    )
+    ids = queue.prefetch_related(None).values_list("pk", flat=True)
+    previous_id = ids.filter(earlier).order_by("confidence", "-created_at", "-pk").first()
+    next_id = ids.filter(later).order_by("-confidence", "created_at", "pk").first()
+    return previous_id, next_id
+
+
+@dataclass(frozen=True)
+class ContextLine:
+    message: Message
+    is_source: bool
+
+
+@dataclass(frozen=True)
+class ChatExcerpt:
+    """A stretch of one chat around a proposal's source messages."""
+
+    chat: Chat
+    lines: list[ContextLine]
+
+
+def source_context(proposal: TaskProposal, *, around: int = 3) -> list[ChatExcerpt]:
+    """The proposal's source messages in their chats, each with `around` messages before
+    and after (`message_context`). Windows that overlap are joined, so a message shows once.
+    Costs two queries per source message, whatever else is on the page."""
+    prefetch_related_objects(
+        [proposal],
+        Prefetch("source_messages", queryset=Message.objects.select_related("chat").order_by("sent_at")),
+    )
+    sources = sorted(proposal.source_messages.all(), key=lambda m: (m.chat_id, m.sent_at, m.pk))
+    source_ids = {m.pk for m in sources}
+    excerpts: list[tuple[Chat, dict[int, Message]]] = []
+    for source in sources:
+        window = message_context(source, around=around)
+        for message in window:
+            message.chat = source.chat  # One chat: its link needs no query per message.
+        last = excerpts[-1] if excerpts else None
+        if last is not None and last[0].pk == source.chat_id and any(m.pk in last[1] for m in window):
+            last[1].update((m.pk, m) for m in window)
+        else:
+            excerpts.append((source.chat, {m.pk: m for m in window}))
+    return [
+        ChatExcerpt(
+            chat=chat,
+            lines=[
+                ContextLine(message=m, is_source=m.pk in source_ids)
+                for m in sorted(messages.values(), key=lambda m: (m.sent_at, m.pk))
+            ],
+        )
+        for chat, messages in excerpts
+    ]

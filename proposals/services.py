@@ -432,6 +432,7 @@ def reopen_proposal(*, proposal_id: int, user: Any) -> TaskProposal:
         raise DomainError(
             f"Proposal {proposal.pk} is {proposal.status}; only rejected or merged ones reopen.",
             code="not_closed",
+            status=409,
         )
     before = _snapshot(proposal)
     proposal.status, proposal.merged_into, proposal.review_action = PENDING, None, ReviewEvent.Action.REOPEN
@@ -453,7 +454,9 @@ def undo_last_action(*, proposal_id: int, user: Any) -> TaskProposal:
         proposal.review_events.filter(action=ReviewEvent.Action.UNDO).values_list("note", flat=True)
     )
     if last is None or f"Undid event {last.pk}" in undone_ids:
-        raise DomainError(f"Proposal {proposal.pk} has no review action to undo.", code="nothing_to_undo")
+        raise DomainError(
+            f"Proposal {proposal.pk} has no review action to undo.", code="nothing_to_undo", status=409
+        )
     before = _snapshot(proposal)
     state = last.before
     if last.action == ReviewEvent.Action.APPROVE and proposal.task is not None:

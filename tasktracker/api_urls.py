@@ -9,4 +9,5 @@ urlpatterns = [
     path("", include("analysis.api")),
     path("", include("agents.api")),
     path("", include("projects.api")),
+    path("", include("proposals.api")),
 ]

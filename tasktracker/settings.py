@@ -231,6 +231,14 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Turns a team's chat into reviewed tasks.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Several models have a `status`; name each enum after its model.
+    "ENUM_NAME_OVERRIDES": {
+        "ProposalStatusEnum": "proposals.models.TaskProposal.Status",
+        "TaskStatusEnum": "projects.models.Task.Status",
+        "RunStatusEnum": "analysis.models.AnalysisRun.Status",
+        "BatchStatusEnum": "analysis.models.Batch.Status",
+        "WebhookDeliveryStatusEnum": "projects.models.WebhookDelivery.Status",
+    },
 }
 
 # Telegram

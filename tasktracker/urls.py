@@ -13,6 +13,7 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="analysis:run-list", permanent=False)),
     path("", include("analysis.urls")),
     path("", include("projects.urls")),
+    path("", include("proposals.urls")),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),

@@ -1,0 +1,544 @@
+"""The API of the `proposals` app: the review queue and every review action.
+
+Mounted under `/api/v1/` by `tasktracker.api_urls`. Views validate the shape of a request
+and call `proposals.selectors` (reads) or `proposals.services` (writes). Who may review a
+proposal, and which moves are legal, is the services' to say: a proposal of a project you
+do not review is a 403, an illegal move (approving twice, approving a rejected proposal)
+a 409, each with the service's message, as on the review pages and in the admin.
+"""
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db.models import QuerySet
+from django_filters import rest_framework as filters
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, extend_schema_view
+from rest_framework import mixins, permissions, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.routers import SimpleRouter
+from rest_framework.views import APIView
+
+from projects.api import TaskSerializer
+from projects.models import Task
+from proposals.models import ReviewEvent, TaskProposal
+from proposals.selectors import filter_band, may_review_any, proposal_detail, proposal_list
+from proposals.services import (
+    EDITABLE_FIELDS,
+    approve_proposal,
+    bulk_review,
+    can_review,
+    edit_proposal,
+    mark_duplicate,
+    merge_proposals,
+    reject_proposal,
+    reopen_proposal,
+    reviewable_projects,
+    split_proposal,
+    undo_last_action,
+)
+from sources.models import Message
+
+# Each proposal of a bulk review is its own transaction (and webhook); a request stays short.
+BULK_REVIEW_MAX_PROPOSALS = 500
+
+FORBIDDEN = OpenApiResponse(description="You do not review proposals of this project.")
+NOT_FOUND = OpenApiResponse(description="No such proposal.")
+ILLEGAL_MOVE = OpenApiResponse(
+    description="Not a legal move from the proposal's status; the message says why."
+)
+
+
+# Permissions
+
+
+class CanReviewProposal(permissions.BasePermission):
+    """Staff, the Reviewers group, and the leads of the proposal's project (`can_review`)."""
+
+    message = "You may not review proposals of this project."
+
+    def has_object_permission(self, request: Request, view: APIView, obj: TaskProposal) -> bool:
+        return can_review(request.user, obj.project)
+
+
+# Serializers
+
+
+class SourceMessageSerializer(serializers.ModelSerializer):
+    chat_title = serializers.CharField(source="chat.title", read_only=True)
+    link = serializers.CharField(read_only=True, help_text="t.me link to the message; empty where none.")
+
+    class Meta:
+        model = Message
+        fields = ["id", "chat", "chat_title", "author_id", "author_name", "text", "sent_at", "link"]
+        read_only_fields = fields
+
+
+class ProposalRefSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TaskProposal
+        fields = ["id", "title"]
+        read_only_fields = fields
+
+
+class TaskRefSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Task
+        fields = ["id", "title"]
+        read_only_fields = fields
+
+
+class ReviewEventSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username", read_only=True, allow_null=True)
+
+    class Meta:
+        model = ReviewEvent
+        fields = ["id", "action", "user", "username", "note", "before", "after", "task", "created_at"]
+        read_only_fields = fields
+        extra_kwargs = {
+            "before": {"help_text": "The proposal's fields before the action."},
+            "after": {"help_text": "The proposal's fields after the action."},
+            "task": {"help_text": "The task an approval made or added to."},
+        }
+
+
+class ProposalSerializer(serializers.ModelSerializer):
+    project_name = serializers.CharField(source="project.name", read_only=True)
+    band = serializers.ChoiceField(
+        choices=TaskProposal.Band.choices,
+        read_only=True,
+        help_text="Confidence band: high above 0.9, medium from 0.7 to 0.9, low below 0.7.",
+    )
+    similar_proposal = ProposalRefSerializer(read_only=True, allow_null=True)
+    similar_task = TaskRefSerializer(read_only=True, allow_null=True)
+    reviewer_username = serializers.CharField(source="reviewer.username", read_only=True, allow_null=True)
+    source_messages = SourceMessageSerializer(many=True, read_only=True, help_text="Oldest first.")
+
+    class Meta:
+        model = TaskProposal
+        fields = [
+            "id",
+            "project",
+            "project_name",
+            "run",
+            "title",
+            "description",
+            "priority",
+            "category",
+            "tags",
+            "due_date",
+            "suggested_assignee",
+            "suggested_assignee_name",
+            "confidence",
+            "band",
+            "recommendation",
+            "reasoning",
+            "similar_proposal",
+            "similar_task",
+            "similarity_score",
+            "similarity_kind",
+            "status",
+            "reviewer",
+            "reviewer_username",
+            "reviewed_at",
+            "review_action",
+            "review_note",
+            "task",
+            "merged_into",
+            "source_messages",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class ProposalStatusField(serializers.CharField):
+    """A proposal's status, a plain string in the schema. Its enum stays on `Proposal`
+    alone: used by two components, drf-spectacular could not name it apart from the
+    `status` enums of runs, batches and tasks, and would warn."""
+
+
+class ProposalDetailSerializer(ProposalSerializer):
+    status = ProposalStatusField(read_only=True, help_text="pending, approved, rejected or merged.")
+    review_events = ReviewEventSerializer(many=True, read_only=True, help_text="Newest first.")
+
+    class Meta(ProposalSerializer.Meta):
+        fields = [*ProposalSerializer.Meta.fields, "review_events"]
+        read_only_fields = fields
+
+
+class ProposalEditSerializer(serializers.Serializer):
+    """The fields a reviewer may change; those left out keep their value."""
+
+    title = serializers.CharField(max_length=300, required=False)
+    description = serializers.CharField(allow_blank=True, trim_whitespace=False, required=False)
+    priority = serializers.ChoiceField(choices=Task.Priority.choices, required=False)
+    category = serializers.ChoiceField(choices=Task.Category.choices, required=False)
+    tags = serializers.ListField(child=serializers.CharField(max_length=100), required=False)
+    due_date = serializers.DateField(allow_null=True, required=False)
+    suggested_assignee = serializers.PrimaryKeyRelatedField(
+        queryset=get_user_model().objects.all(),
+        allow_null=True,
+        required=False,
+        help_text="A user id, or null.",
+    )
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        # DRF drops unknown keys; a client sending `status` or `confidence` would think it
+        # changed them, so they are refused instead.
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(EDITABLE_FIELDS))
+            if unknown:
+                editable = ", ".join(EDITABLE_FIELDS)
+                raise serializers.ValidationError(
+                    {name: [f"{name} cannot be edited; editable: {editable}."] for name in unknown}
+                )
+        return super().to_internal_value(data)
+
+
+class ApproveSerializer(serializers.Serializer):
+    edits = ProposalEditSerializer(required=False, help_text="Changes applied before approving.")
+    add_to_task = serializers.BooleanField(
+        default=False,
+        help_text="Add the proposal to its similar task instead of creating a task.",
+    )
+
+
+class RejectSerializer(serializers.Serializer):
+    reason = serializers.CharField(help_text="Why the proposal is not a task; kept with it.")
+
+
+class MergeSerializer(serializers.Serializer):
+    proposal_ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1),
+        allow_empty=False,
+        help_text="Two or more pending proposals.",
+    )
+    into = serializers.IntegerField(
+        min_value=1,
+        required=False,
+        allow_null=True,
+        help_text="The proposal that stays; the first of `proposal_ids` when left out.",
+    )
+
+
+class SplitPartSerializer(serializers.Serializer):
+    title = serializers.CharField(max_length=300)
+    description = serializers.CharField(allow_blank=True, trim_whitespace=False, required=False, default="")
+    source_message_ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1),
+        allow_empty=False,
+        help_text="Some of the proposal's own source messages.",
+    )
+
+
+class SplitSerializer(serializers.Serializer):
+    parts = SplitPartSerializer(
+        many=True, help_text="Two or more parts; every source message goes to some part."
+    )
+
+
+class DuplicateSerializer(serializers.Serializer):
+    of = serializers.IntegerField(min_value=1, help_text="The pending or approved proposal this one repeats.")
+
+
+class BulkReviewSerializer(serializers.Serializer):
+    proposal_ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1),
+        allow_empty=False,
+        max_length=BULK_REVIEW_MAX_PROPOSALS,
+        help_text=f"1 to {BULK_REVIEW_MAX_PROPOSALS} proposals.",
+    )
+    action = serializers.ChoiceField(choices=[("approve", "Approve"), ("reject", "Reject")])
+    reason = serializers.CharField(
+        allow_blank=True, required=False, default="", help_text="Required to reject."
+    )
+
+
+class BulkOutcomeSerializer(serializers.Serializer):
+    done = serializers.ListField(child=serializers.IntegerField(), help_text="The proposals reviewed.")
+    refused = serializers.DictField(
+        child=serializers.CharField(), help_text="Proposal id (a string key) to why it was refused."
+    )
+
+
+# Filters
+
+
+class ProposalFilter(filters.FilterSet):
+    project = filters.NumberFilter(field_name="project_id", help_text="The project's id.")
+    run = filters.NumberFilter(field_name="run_id", help_text="The analysis run's id.")
+    band = filters.ChoiceFilter(
+        choices=TaskProposal.Band.choices,
+        method="filter_band",
+        help_text="Confidence band: high above 0.9, medium from 0.7 to 0.9, low below 0.7.",
+    )
+
+    class Meta:
+        model = TaskProposal
+        fields = ["status", "project", "run", "band", "recommendation"]
+
+    def filter_band(self, queryset: QuerySet[TaskProposal], name: str, value: str) -> QuerySet[TaskProposal]:
+        return filter_band(queryset, value)
+
+
+# Views
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List the proposals you review",
+        description="Proposals of the projects you review (all for staff and the Reviewers group, "
+        "the projects you lead otherwise; none for anyone else), most confident first, then oldest. "
+        "Filter by `status`, `project`, `run`, `band` (high, medium, low) and `recommendation`; "
+        "`search` looks in the title and description; order by `confidence` or `created_at`.",
+    ),
+    retrieve=extend_schema(
+        summary="Get a proposal with its sources and review history",
+        description="Its source messages (with t.me links), the similar proposal or task it was "
+        "linked to with the score and kind of the match, and its review events, newest first.",
+        responses={200: ProposalDetailSerializer, 403: FORBIDDEN, 404: NOT_FOUND},
+    ),
+    partial_update=extend_schema(
+        summary="Edit a pending proposal",
+        description="Changes the fields given; it stays pending. Only "
+        f"{', '.join(EDITABLE_FIELDS)} can be edited: any other field is a 400.",
+        request=ProposalEditSerializer,
+        responses={
+            200: ProposalDetailSerializer,
+            400: OpenApiResponse(description="Invalid fields, or fields that cannot be edited."),
+            403: FORBIDDEN,
+            404: NOT_FOUND,
+            409: ILLEGAL_MOVE,
+        },
+    ),
+)
+class ProposalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    # PATCH and no PUT: a reviewer changes some fields, the others are the LLM's. The
+    # actions pass the id to the services, which say 404 or 403 themselves.
+    serializer_class = ProposalSerializer
+    permission_classes = [permissions.IsAuthenticated, CanReviewProposal]
+    filterset_class = ProposalFilter
+    search_fields = ["title", "description"]
+    ordering_fields = ["confidence", "created_at"]
+    lookup_value_regex = r"\d+"
+
+    def get_queryset(self) -> QuerySet[TaskProposal]:
+        if self.action == "list":
+            if getattr(self, "swagger_fake_view", False):
+                return proposal_list().none()
+            # No DISTINCT: a user holds one membership per project (`membership_unique`), so
+            # the join to the leads' memberships repeats no proposal.
+            return (
+                proposal_list()
+                .filter(reviewable_projects(self.request.user))
+                .order_by("-confidence", "created_at", "pk")
+            )
+        return proposal_detail()
+
+    def get_serializer_class(self) -> type[serializers.BaseSerializer]:
+        return ProposalSerializer if self.action == "list" else ProposalDetailSerializer
+
+    def _detail(self, proposal_id: int, *, code: int = status.HTTP_200_OK) -> Response:
+        proposal = proposal_detail().get(pk=proposal_id)
+        return Response(ProposalDetailSerializer(proposal).data, status=code)
+
+    def partial_update(self, request: Request, pk: str) -> Response:
+        payload = ProposalEditSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        if not payload.validated_data:
+            raise serializers.ValidationError(
+                {"non_field_errors": [f"Give some of: {', '.join(EDITABLE_FIELDS)}."]}
+            )
+        proposal = edit_proposal(proposal_id=int(pk), user=request.user, edits=dict(payload.validated_data))
+        return self._detail(proposal.pk)
+
+    @extend_schema(
+        summary="Approve a proposal: it becomes a task",
+        description="A pending proposal becomes a task of its project, with `edits` applied first. "
+        "With `add_to_task`, it is added to the similar task it was linked to instead (its title and "
+        "description appended). Returns the task.",
+        request=ApproveSerializer,
+        responses={
+            201: TaskSerializer,
+            400: OpenApiResponse(description="Invalid edits, or no similar task to add to."),
+            403: FORBIDDEN,
+            404: NOT_FOUND,
+            409: ILLEGAL_MOVE,
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def approve(self, request: Request, pk: str) -> Response:
+        payload = ApproveSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        task = approve_proposal(
+            proposal_id=int(pk),
+            user=request.user,
+            edits=dict(payload.validated_data.get("edits") or {}) or None,
+            add_to_task=payload.validated_data["add_to_task"],
+        )
+        return Response(TaskSerializer(task).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Reject a proposal",
+        description="A pending proposal is rejected; the reason is required and kept.",
+        request=RejectSerializer,
+        responses={
+            200: ProposalDetailSerializer,
+            400: OpenApiResponse(description="No reason given."),
+            403: FORBIDDEN,
+            404: NOT_FOUND,
+            409: ILLEGAL_MOVE,
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def reject(self, request: Request, pk: str) -> Response:
+        payload = RejectSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        proposal = reject_proposal(
+            proposal_id=int(pk), user=request.user, reason=payload.validated_data["reason"]
+        )
+        return self._detail(proposal.pk)
+
+    @extend_schema(
+        summary="Merge proposals into one",
+        description="Pending proposals of one project are merged into one of them (`into`, or the "
+        "first given), which takes all their source messages and stays pending; the others are "
+        "closed as merged into it. Returns the proposal that stays.",
+        request=MergeSerializer,
+        responses={
+            200: ProposalDetailSerializer,
+            400: OpenApiResponse(description="Fewer than two proposals, or proposals of several projects."),
+            403: FORBIDDEN,
+            404: NOT_FOUND,
+            409: ILLEGAL_MOVE,
+        },
+    )
+    @action(detail=False, methods=["post"], filter_backends=[], pagination_class=None)
+    def merge(self, request: Request) -> Response:
+        payload = MergeSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        target = merge_proposals(
+            proposal_ids=payload.validated_data["proposal_ids"],
+            user=request.user,
+            into_id=payload.validated_data.get("into"),
+        )
+        return self._detail(target.pk)
+
+    @extend_schema(
+        summary="Split a proposal into several",
+        description="A pending proposal becomes two or more new pending proposals, each with a title "
+        "and some of its source messages (every source to some part). The original is closed as "
+        "merged into the first part. Returns the new proposals.",
+        request=SplitSerializer,
+        responses={
+            201: ProposalSerializer(many=True),
+            400: OpenApiResponse(
+                description="Fewer than two parts, a part without a title, or sources "
+                "that are not the proposal's or go to no part."
+            ),
+            403: FORBIDDEN,
+            404: NOT_FOUND,
+            409: ILLEGAL_MOVE,
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def split(self, request: Request, pk: str) -> Response:
+        payload = SplitSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        created = split_proposal(
+            proposal_id=int(pk), user=request.user, parts=payload.validated_data["parts"]
+        )
+        parts = proposal_list().filter(pk__in=[p.pk for p in created]).order_by("pk")
+        return Response(ProposalSerializer(parts, many=True).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Mark a proposal as a duplicate of another",
+        description="A pending proposal is closed as merged into the pending or approved proposal "
+        "it repeats (`of`). Returns the proposal marked.",
+        request=DuplicateSerializer,
+        responses={
+            200: ProposalDetailSerializer,
+            400: OpenApiResponse(description="A proposal cannot duplicate itself."),
+            403: FORBIDDEN,
+            404: NOT_FOUND,
+            409: ILLEGAL_MOVE,
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def duplicate(self, request: Request, pk: str) -> Response:
+        payload = DuplicateSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        proposal = mark_duplicate(proposal_id=int(pk), of_id=payload.validated_data["of"], user=request.user)
+        return self._detail(proposal.pk)
+
+    @extend_schema(
+        summary="Undo a proposal's last review action",
+        description="Restores the proposal as it was before its last review action. Undoing an "
+        "approval deletes the task it made when nothing else uses it; an addition to an existing "
+        "task keeps that task.",
+        request=None,
+        responses={
+            200: ProposalDetailSerializer,
+            409: OpenApiResponse(description="No review action to undo."),
+            403: FORBIDDEN,
+            404: NOT_FOUND,
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def undo(self, request: Request, pk: str) -> Response:
+        proposal = undo_last_action(proposal_id=int(pk), user=request.user)
+        return self._detail(proposal.pk)
+
+    @extend_schema(
+        summary="Reopen a rejected or merged proposal",
+        description="The proposal is pending again.",
+        request=None,
+        responses={
+            200: ProposalDetailSerializer,
+            409: OpenApiResponse(description="The proposal is neither rejected nor merged."),
+            403: FORBIDDEN,
+            404: NOT_FOUND,
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def reopen(self, request: Request, pk: str) -> Response:
+        proposal = reopen_proposal(proposal_id=int(pk), user=request.user)
+        return self._detail(proposal.pk)
+
+    @extend_schema(
+        summary="Approve or reject many proposals",
+        description="Each proposal is reviewed on its own: one refused (not pending, not found, of a "
+        "project you do not review) leaves the others done, and is reported with why. Rejecting "
+        "takes a `reason`. A 403 for a user who reviews no project at all.",
+        request=BulkReviewSerializer,
+        responses={
+            200: BulkOutcomeSerializer,
+            400: OpenApiResponse(description="Invalid fields, or rejecting without a reason."),
+            403: OpenApiResponse(description="You review no project's proposals."),
+        },
+    )
+    @action(detail=False, methods=["post"], filter_backends=[], pagination_class=None)
+    def bulk(self, request: Request) -> Response:
+        if not may_review_any(request.user):
+            raise PermissionDenied("You review no project's proposals.")
+        payload = BulkReviewSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        outcome = bulk_review(
+            proposal_ids=payload.validated_data["proposal_ids"],
+            user=request.user,
+            action=payload.validated_data["action"],
+            reason=payload.validated_data["reason"],
+        )
+        return Response(BulkOutcomeSerializer(outcome).data)
+
+
+router = SimpleRouter()
+router.register("proposals", ProposalViewSet, basename="proposal")
+
+app_name = "proposals"
+urlpatterns = router.urls

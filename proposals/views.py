@@ -1,0 +1,250 @@
+"""The review queue: one proposal at a time in its chat context, the most confident and
+oldest first. Approve and reject are plain forms that work without JavaScript; the
+shortcuts and the live notices of static/js/review_queue.js only add to them."""
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from proposals.forms import ProposalEditForm, QueueFilterForm, RejectForm
+from proposals.models import TaskProposal
+from proposals.selectors import (
+    may_review_any,
+    projects_reviewable_by,
+    proposal_list,
+    queue_neighbours,
+    review_queue,
+    source_context,
+)
+from proposals.services import (
+    approve_proposal,
+    can_review,
+    edit_proposal,
+    merge_with_similar,
+    reject_proposal,
+    reviewable_projects,
+    undo_last_action,
+)
+from tasktracker.exceptions import DomainError
+
+# The proposal last reviewed in this session, offered for undo on the next page.
+LAST_REVIEWED = "proposals.last_reviewed"
+
+
+@dataclass(frozen=True)
+class QueueFilters:
+    project_id: int | None = None
+    band: str | None = None
+
+    @property
+    def query(self) -> str:
+        return urlencode(
+            [(key, value) for key, value in (("project", self.project_id), ("band", self.band)) if value]
+        )
+
+    def url(self, name: str, *args: Any) -> str:
+        """A review page's URL that keeps the queue's filters."""
+        url = reverse(f"proposals:{name}", args=args)
+        return f"{url}?{self.query}" if self.query else url
+
+    def queue(self, user: Any) -> QuerySet[TaskProposal]:
+        return review_queue(user, project_id=self.project_id, band=self.band)
+
+
+def _filters(request: HttpRequest) -> tuple[QueueFilterForm, QueueFilters]:
+    form = QueueFilterForm(request.GET, projects=projects_reviewable_by(request.user).order_by("name"))
+    return form, QueueFilters(**form.values())
+
+
+def _reviewer(request: HttpRequest) -> None:
+    if not may_review_any(request.user):
+        raise PermissionDenied
+
+
+def _reviewable(
+    request: HttpRequest, proposal_id: int, queryset: QuerySet[TaskProposal] | None = None
+) -> TaskProposal:
+    if queryset is None:
+        queryset = TaskProposal.objects.select_related("project")
+    proposal = get_object_or_404(queryset, pk=proposal_id)
+    if not can_review(request.user, proposal.project):
+        raise PermissionDenied
+    return proposal
+
+
+def _page(
+    request: HttpRequest,
+    proposal: TaskProposal | None,
+    filtering: tuple[QueueFilterForm, QueueFilters],
+    *,
+    reject_form: RejectForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    filter_form, filters = filtering
+    queue = filters.queue(request.user)
+    previous_id = next_id = None
+    if proposal is not None:
+        previous_id, next_id = queue_neighbours(queue, proposal)
+    context = {
+        "proposal": proposal,
+        "excerpts": source_context(proposal) if proposal is not None else [],
+        "remaining": queue.count(),
+        "previous_url": filters.url("proposal", previous_id) if previous_id else "",
+        "next_url": filters.url("proposal", next_id) if next_id else "",
+        "queue_url": filters.url("queue"),
+        "state_url": filters.url("queue-state"),
+        "filters": filters,
+        "filter_form": filter_form,
+        "reject_form": reject_form or RejectForm(),
+        "last_reviewed": request.session.get(LAST_REVIEWED),
+    }
+    return render(request, "proposals/review.html", context, status=status)
+
+
+def _reviewed(request: HttpRequest, proposal: TaskProposal, message: str) -> HttpResponse:
+    """Report a review and go on to the proposal after it in the queue (or the queue's top)."""
+    messages.success(request, message)
+    request.session[LAST_REVIEWED] = {"id": proposal.pk, "title": proposal.title}
+    _, filters = _filters(request)
+    # By value: the proposal has just left the queue, its place in the order has not.
+    _, next_id = queue_neighbours(filters.queue(request.user), proposal)
+    return redirect(filters.url("proposal", next_id) if next_id else filters.url("queue"))
+
+
+def _refused(request: HttpRequest, proposal: TaskProposal, error: DomainError) -> HttpResponse:
+    messages.error(request, error.message)
+    _, filters = _filters(request)
+    return redirect(filters.url("proposal", proposal.pk))
+
+
+@login_required
+def queue(request: HttpRequest) -> HttpResponse:
+    _reviewer(request)
+    filtering = _filters(request)
+    return _page(request, filtering[1].queue(request.user).first(), filtering)
+
+
+@login_required
+def proposal_page(request: HttpRequest, proposal_id: int) -> HttpResponse:
+    return _page(request, _reviewable(request, proposal_id, proposal_list()), _filters(request))
+
+
+@login_required
+def queue_state(request: HttpRequest) -> JsonResponse:
+    """The snapshot an open queue reloads when a review happens elsewhere: how many remain,
+    and the status of the proposal it shows (`?current=<id>`)."""
+    _reviewer(request)
+    _, filters = _filters(request)
+    state: dict[str, Any] = {"remaining": filters.queue(request.user).count(), "current": None}
+    current = request.GET.get("current", "")
+    if current.isdigit():
+        status = (
+            TaskProposal.objects.filter(reviewable_projects(request.user), pk=int(current))
+            .values_list("status", flat=True)
+            .first()
+        )
+        if status is not None:
+            state["current"] = {"id": int(current), "status": status}
+    return JsonResponse(state)
+
+
+@login_required
+@require_POST
+def approve(request: HttpRequest, proposal_id: int) -> HttpResponse:
+    proposal = _reviewable(request, proposal_id)
+    try:
+        task = approve_proposal(proposal_id=proposal.pk, user=request.user)
+    except DomainError as exc:
+        return _refused(request, proposal, exc)
+    return _reviewed(
+        request, proposal, f"Approved proposal {proposal.pk}: task #{task.pk} “{task.title}” created."
+    )
+
+
+@login_required
+@require_POST
+def reject(request: HttpRequest, proposal_id: int) -> HttpResponse:
+    proposal = _reviewable(request, proposal_id)
+    form = RejectForm(request.POST)
+    if form.is_valid():
+        try:
+            reject_proposal(proposal_id=proposal.pk, user=request.user, reason=form.cleaned_data["reason"])
+        except DomainError as exc:
+            form.add_error(None, exc.message)
+        else:
+            return _reviewed(request, proposal, f"Rejected proposal {proposal.pk} “{proposal.title}”.")
+    shown = get_object_or_404(proposal_list(), pk=proposal.pk)
+    return _page(request, shown, _filters(request), reject_form=form, status=400)
+
+
+@login_required
+def edit(request: HttpRequest, proposal_id: int) -> HttpResponse:
+    """Change the proposal's fields, then save it (still pending) or approve it as changed."""
+    proposal = _reviewable(request, proposal_id, proposal_list())
+    form = ProposalEditForm(request.POST or None, instance=proposal)
+    approving = "approve" in request.POST
+    if request.method == "POST" and form.is_valid():
+        edits = form.edits()
+        try:
+            if approving:
+                task = approve_proposal(proposal_id=proposal.pk, user=request.user, edits=edits or None)
+            elif edits:
+                edit_proposal(proposal_id=proposal.pk, user=request.user, edits=edits)
+        except DomainError as exc:
+            form.add_error(None, exc.message)
+        else:
+            if approving:
+                message = f"Approved proposal {proposal.pk}: task #{task.pk} “{task.title}” created."
+                return _reviewed(request, proposal, message)
+            messages.success(
+                request, f"Saved your changes to proposal {proposal.pk}." if edits else "Nothing changed."
+            )
+            _, filters = _filters(request)
+            return redirect(filters.url("proposal", proposal.pk))
+    _, filters = _filters(request)
+    context = {
+        "proposal": proposal,
+        "form": form,
+        "filters": filters,
+        "back_url": filters.url("proposal", proposal.pk),
+    }
+    return render(request, "proposals/edit.html", context, status=400 if form.errors else 200)
+
+
+@login_required
+@require_POST
+def merge(request: HttpRequest, proposal_id: int) -> HttpResponse:
+    """Merge the proposal with the similar proposal it was linked to."""
+    proposal = _reviewable(request, proposal_id)
+    try:
+        kept = merge_with_similar(proposal_id=proposal.pk, user=request.user)
+    except DomainError as exc:
+        return _refused(request, proposal, exc)
+    return _reviewed(
+        request, proposal, f"Merged proposal {proposal.pk} into proposal {kept.pk} “{kept.title}”."
+    )
+
+
+@login_required
+@require_POST
+def undo(request: HttpRequest, proposal_id: int) -> HttpResponse:
+    proposal = _reviewable(request, proposal_id)
+    try:
+        restored = undo_last_action(proposal_id=proposal.pk, user=request.user)
+    except DomainError as exc:
+        return _refused(request, proposal, exc)
+    if (request.session.get(LAST_REVIEWED) or {}).get("id") == proposal.pk:
+        del request.session[LAST_REVIEWED]
+    status = restored.get_status_display().lower()
+    messages.success(request, f"Undid the last review of proposal {proposal.pk}: it is {status} again.")
+    _, filters = _filters(request)
+    return redirect(filters.url("proposal", proposal.pk))

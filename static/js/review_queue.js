@@ -1,0 +1,160 @@
+// The review queue's keyboard shortcuts and live notices. The page works without this
+// file: approve, reject, edit and merge are plain forms and links; this only adds keys and
+// tells the reviewer about reviews made elsewhere. On a live event it reloads the queue's
+// snapshot over HTTP, so a lost event never leaves a wrong count. Without a WebSocket
+// server (or when it goes away) it retries quietly and the page works as before.
+(function () {
+  "use strict";
+  const root = document.getElementById("review");
+  if (!root) return;
+  const shownId = Number(root.dataset.proposalId) || null;
+  const notices = document.getElementById("live-notices");
+  const remaining = root.querySelector('[data-field="remaining"]');
+  const live = document.getElementById("live");
+  const past = {
+    approve: "approved",
+    add_to_task: "added to a task",
+    reject: "rejected",
+    merge: "merged",
+    mark_duplicate: "marked as a duplicate",
+    split: "split",
+    edit: "edited",
+    undo: "restored by an undo",
+    reopen: "reopened",
+  };
+  let leaving = false;
+  let shownGone = false;
+
+  // Keyboard shortcuts.
+
+  function submit(id) {
+    const form = document.getElementById(id);
+    if (!form) return;
+    leaving = true;
+    form.requestSubmit();
+  }
+
+  function follow(id) {
+    const link = document.getElementById(id);
+    if (link) window.location.assign(link.href);
+  }
+
+  const keys = {
+    a: () => submit("approve-form"),
+    r: () => {
+      const reason = document.querySelector("#reject-form input[name=reason]");
+      if (reason) reason.focus();
+    },
+    e: () => follow("edit-link"),
+    j: () => follow("next-link"),
+    k: () => follow("previous-link"),
+    m: () => submit("merge-form"),
+  };
+
+  document.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey || event.isComposing) return;
+    if (event.target.closest("input, textarea, select, button, [contenteditable]")) return;
+    const action = keys[event.key];
+    if (!action || (shownGone && !"jk".includes(event.key))) return;
+    event.preventDefault();
+    action();
+  });
+
+  for (const form of root.querySelectorAll("form[method=post]")) {
+    form.addEventListener("submit", () => {
+      leaving = true;
+    });
+  }
+
+  // Live notices.
+
+  function notice(text, link) {
+    const item = document.createElement("p");
+    item.className = "notice";
+    item.textContent = text;
+    if (link) {
+      const anchor = document.createElement("a");
+      anchor.href = link.href;
+      anchor.textContent = link.text;
+      item.append(" ", anchor);
+    }
+    notices.prepend(item);
+    while (notices.children.length > 5) notices.lastElementChild.remove();
+  }
+
+  function shownWasReviewed(status) {
+    if (shownGone) return;
+    shownGone = true;
+    for (const form of root.querySelectorAll(".actions form, #edit-link")) {
+      form.hidden = true;
+    }
+    const next = root.dataset.nextUrl || root.dataset.queueUrl;
+    notice(`Proposal ${shownId} was ${status} by a colleague: it is the one shown here.`, {
+      href: next,
+      text: "Next proposal",
+    });
+  }
+
+  async function snapshot() {
+    const url = new URL(root.dataset.stateUrl, window.location.href);
+    if (shownId) url.searchParams.set("current", shownId);
+    try {
+      const response = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+      if (!response.ok) return;
+      const state = await response.json();
+      remaining.textContent = state.remaining;
+      if (state.current && state.current.status !== "pending" && root.dataset.proposalStatus === "pending") {
+        shownWasReviewed(state.current.status);
+      }
+    } catch (error) {
+      // Offline for a moment: the next event or reconnect reloads it.
+    }
+  }
+
+  function reviewed(data) {
+    if (leaving && data.id === shownId) return; // Our own review, on its way to the next page.
+    const verb = past[data.action] || data.status;
+    if (data.id === shownId && data.status !== "pending" && root.dataset.proposalStatus === "pending") {
+      shownWasReviewed(verb);
+    } else if (data.id === shownId) {
+      notice(`Proposal ${data.id} was ${verb} by a colleague.`, { href: window.location.href, text: "Reload" });
+    } else {
+      notice(`Proposal ${data.id} was ${verb} by a colleague.`);
+    }
+    snapshot();
+  }
+
+  let retry = 1000;
+  function connect() {
+    let socket;
+    try {
+      const scheme = window.location.protocol === "https:" ? "wss" : "ws";
+      socket = new WebSocket(`${scheme}://${window.location.host}${root.dataset.wsPath}`);
+    } catch (error) {
+      return;
+    }
+    socket.onopen = () => {
+      retry = 1000;
+      live.textContent = "live";
+      snapshot();
+    };
+    socket.onmessage = (message) => {
+      let event;
+      try {
+        event = JSON.parse(message.data);
+      } catch (error) {
+        return;
+      }
+      if (event.event === "proposal_reviewed") reviewed(event.data);
+    };
+    socket.onclose = (event) => {
+      live.textContent = "";
+      if (leaving || event.code === 4403) return;
+      setTimeout(connect, retry);
+      retry = Math.min(retry * 2, 60000);
+    };
+    socket.onerror = () => {}; // onclose follows; nothing to show.
+  }
+
+  connect();
+})();
