@@ -74,6 +74,60 @@ ACKNOWLEDGEMENTS = frozenset(
 _WORD = re.compile(r"\w+", re.UNICODE)
 _LETTER_OR_DIGIT = re.compile(r"[^\W_]", re.UNICODE)
 
+# The filler and fragment rules below were tuned on the development part of the AMI
+# meeting corpus (spoken meetings: "um", "mm-hmm", half sentences) and checked against
+# the development part of the Enron email-intent sentences, so that they drop talk that
+# carries no task while keeping every message a task comes from (see README, "Quality").
+# They know English words only: a message written in another script is left to the
+# rules above.
+
+# Hesitations, backchannels, interjections and reactions: words that never name work.
+FILLERS = ACKNOWLEDGEMENTS | frozenset(
+    """
+    um umm uh uhm er erm ah ahh aha ah-ha oh ooh oops oop whoops mm mmm mm-hmm mm-mm hmm
+    hm huh uh-huh uh-uh uh-oh kay alright well wow whoa gosh god dear goodness yay ha
+    ta-da whoohoo pardon sorry really exactly excellent interesting brilliant perfect
+    awesome absolutely definitely totally fantastic fabulous lovely wonderful indeed
+    anyway anyways whatever probably possibly ready
+    """.split()  # noqa: SIM905 (a word list reads best as text)
+)
+# Function words, hedges and vague words: a message of only these and fillers says
+# nothing that could become a task ("so I think that's it", "you know what I mean").
+FUNCTION_WORDS = frozenset(
+    """
+    a an the and or but so if then than that this these those there here it its it's
+    i i'm i've i'd i'll me my we we're we've we'd we'll us our you you're you've you'd
+    you'll your he she they they're them their his her is are was were be been being am
+    do does did done don't doesn't didn't not have has had having haven't hasn't
+    wouldn't couldn't shouldn't can't won't isn't aren't wasn't that's there's what's
+    it'll of to in on at for with from by as about into up down out over just like mean
+    know think guess suppose dunno maybe perhaps kind sort sorta kinda bit thing things
+    stuff something anything everything other else what which who whom how why when
+    where all any some one two three four five six seven eight nine ten also too very
+    much more most can could would should will shall may might must gonna wanna gotta
+    got get go going said say says let let's now because cause wait see sounds sound
+    hang hold come carry ahead next course pretty terms
+    """.split()  # noqa: SIM905
+)
+# A request, a question to someone or a commitment: such a message is kept even when
+# short ("Can you join?", "I'll look into that.", "Yes, I think I can.").
+REQUEST_CUE = re.compile(
+    r"\b(?:please|pls|plz|(?:can|could|would|will|do|are) you|let'?s|let (?:me|us)|"
+    r"(?:i|we|you)'ll|(?:i|we) (?:can|will)|needs?|should|must|ha(?:ve|s) to|todo|asap|"
+    r"deadline|today|tonight|tomorrow)\b"
+)
+# A first-person commitment keeps a message however short: "I'll do it", "I can do that".
+COMMITMENT_CUE = re.compile(r"\b(?:i|we)(?:'ll| will| can(?!'))\b")
+# Words of speech and chat: "mm-hmm", "let's" and "'kay" are one word each.
+_SPOKEN_WORD = re.compile(r"\w+(?:['-]\w+)*", re.UNICODE)
+_LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
+# A message of at most this many words with a single content word is a fragment.
+FRAGMENT_MAX_WORDS = 4
+# A message with no content word is kept for a request cue (not a commitment) only from
+# this many words on: "let's see" and "do you think" are talk, "Let me know you got
+# these." is a request.
+FILLER_CUE_MIN_WORDS = 5
+
 
 @dataclass(frozen=True)
 class PipelineMessage:
@@ -109,9 +163,26 @@ def _mentions(text: str, keywords: Iterable[str]) -> bool:
     return any(keyword and keyword in text for keyword in keywords)
 
 
+def _is_latin(text: str) -> bool:
+    # Latin letters end at U+024F; other scripts get no English word rules.
+    return all(ord(letter) < 0x250 for letter in _LETTER.findall(text))
+
+
 def noise_reason(text: str) -> str | None:
-    """Why a message is noise (empty, emoji or sticker only, a bot command, a bare
-    acknowledgement), or None when it may carry a task."""
+    """Why a message is noise, or None when it may carry a task.
+
+    - empty; emoji_only (no letter or digit); bot_command (`/start`);
+    - acknowledgement: at most three words, all bare acknowledgements ("ok thanks");
+    - filler: no content word, only fillers and function words ("Um, so, you know.",
+      "I think so."), unless it makes a commitment ("I'll do it") or holds a request cue
+      in at least `FILLER_CUE_MIN_WORDS` words ("Let me know you got these.");
+    - fragment: at most `FRAGMENT_MAX_WORDS` words with one content word ("Oh, plastic.",
+      "the buttons"), unless it asks a question or holds a request cue ("Deploy at 5?",
+      "Can you join?").
+
+    A content word is a word of two letters or more that is not a filler, a function
+    word or a number. Filler and fragment apply to text in Latin script only.
+    """
     stripped = text.strip()
     if not stripped:
         return "empty"
@@ -119,9 +190,24 @@ def noise_reason(text: str) -> str | None:
         return "emoji_only"
     if stripped.startswith("/") and " " not in stripped:
         return "bot_command"
-    words = _WORD.findall(_normalise(stripped))
+    normalised = _normalise(stripped).replace("\u2019", "'")
+    words = _WORD.findall(normalised)
     if len(words) <= 3 and all(word in ACKNOWLEDGEMENTS for word in words):
         return "acknowledgement"
+    if not _is_latin(normalised):
+        return None
+    spoken = [word.strip("'") for word in _SPOKEN_WORD.findall(normalised)]
+    content = [
+        word
+        for word in spoken
+        if len(word) >= 2 and not word.isdigit() and word not in FILLERS and word not in FUNCTION_WORDS
+    ]
+    cue = REQUEST_CUE.search(normalised) is not None
+    if not content:
+        committed = COMMITMENT_CUE.search(normalised) is not None
+        return None if committed or (cue and len(spoken) >= FILLER_CUE_MIN_WORDS) else "filler"
+    if len(content) == 1 and len(spoken) <= FRAGMENT_MAX_WORDS and not cue and "?" not in stripped:
+        return "fragment"
     return None
 
 

@@ -64,12 +64,13 @@ REFERENCE_COLUMNS = (
 )
 BACKEND_NAMES = {"sqlite": "sqlite", "postgres": "postgresql", "postgresql": "postgresql"}
 # What each backend runs, in table order. The ratio is to "reference"; "reference-indexed"
-# adds the two secondary indexes of sources_message, to show what the server alone costs.
+# adds the rest of sources_message's schema (three indexes, a deferred foreign key), to show
+# what the server alone costs for the real table.
 KINDS = {
     "postgresql": {
         "tasktracker": "tasktracker import",
         "reference": "reference: psycopg COPY",
-        "reference-indexed": "reference: COPY+indexes",
+        "reference-indexed": "reference: COPY+schema",
     },
     "sqlite": {"tasktracker": "tasktracker import", "reference": "reference: executemany"},
 }
@@ -376,8 +377,10 @@ def reference_rows(export: Path, counter: list[int]) -> Iterator[tuple[Any, ...]
 
 
 def child_reference_postgres(export: Path, url: str, *, indexed: bool = False) -> None:
-    """COPY into a table with the unique key only or, `indexed`, with the two indexes of
-    `sources_message` too (chat, sent_at) and (sent_at): what the server alone costs."""
+    """COPY into a table with the unique key only or, `indexed`, with the rest of the
+    schema of `sources_message` too: its indexes (chat, sent_at), (sent_at) and (chat), and
+    its deferred foreign key to a chat table, checked row by row at commit. The second shows
+    what the server alone costs for the real table."""
     import psycopg
     from psycopg.types.json import Jsonb
 
@@ -396,6 +399,13 @@ def child_reference_postgres(export: Path, url: str, *, indexed: bool = False) -
         if indexed:
             connection.execute("CREATE INDEX ON bench_messages (chat_id, sent_at)")
             connection.execute("CREATE INDEX ON bench_messages (sent_at)")
+            connection.execute("CREATE INDEX ON bench_messages (chat_id)")
+            connection.execute("CREATE TABLE bench_chats (id bigint PRIMARY KEY)")
+            connection.execute("INSERT INTO bench_chats VALUES (%s)", [BOT_API_CHAT_ID])
+            connection.execute(
+                "ALTER TABLE bench_messages ADD FOREIGN KEY (chat_id) REFERENCES bench_chats (id) "
+                "DEFERRABLE INITIALLY DEFERRED"
+            )
         connection.commit()
         rss_before = _rss_now_mb()
         counter = [0]
@@ -453,10 +463,13 @@ def child_stages(export: Path) -> None:
     """Time the import with parts stubbed out (no profiler overhead): the difference
     between two stages is what the part left out of the second costs."""
     _django_setup()
+    import gc
+
     import ijson
     from django.db import connection
 
     from sources import services
+    from sources.models import Message
 
     connection.ensure_connection()
     stages: dict[str, float] = {}
@@ -481,6 +494,10 @@ def child_stages(export: Path) -> None:
     def reference_no_db() -> None:
         drain(reference_rows(export, [0]))
 
+    def truncate() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("TRUNCATE sources_message CASCADE")  # a bench database
+
     timed("ijson.parse events only (C parser, Python loop)", parse_events)
     timed("ijson.items objects (C parser and builder)", items_c)
     timed("reference rows built, not written", reference_no_db)
@@ -491,66 +508,26 @@ def child_stages(export: Path) -> None:
     try:
         services.upsert_messages = lambda *, chat, messages: services.UpsertCounts(created=len(messages))
         services.message_from_export = lambda message: minimal
-        timed("import: stream + ObjectBuilder (no message_from_export, no writes)", _import(export))
+        timed("import: read the file (no message_from_export, no writes)", _import(export))
         services.message_from_export = real_message_from_export
         timed("import: + message_from_export (no writes)", _import(export))
     finally:
         services.upsert_messages = real_upsert
         services.message_from_export = real_message_from_export
-    timed("import: complete (writes through upsert_messages)", _import(export))
+    timed("import: complete", _import(export))
     if connection.vendor == "postgresql":
-        from sources.models import Message
-
         stored = Message.objects.count()
-        with connection.cursor() as cursor:
-            cursor.execute("TRUNCATE sources_message CASCADE")  # a bench database
-        # What-if: the same import with the insert done by COPY instead of bulk_create.
-        Message.objects.bulk_create = _copy_bulk_create  # type: ignore[method-assign]
-        timed("what-if: import with bulk_create replaced by COPY + INSERT ... SELECT", _import(export))
+        truncate()
+        # The import again with the cyclic garbage collector off: what it costs (the import
+        # keeps a chunk of messages alive, which the collector walks again and again).
+        gc.disable()
+        try:
+            timed("what-if: import with the garbage collector off", _import(export))
+        finally:
+            gc.enable()
         if Message.objects.count() != stored:
-            raise RuntimeError(f"the COPY what-if stored {Message.objects.count()} rows, not {stored}")
+            raise RuntimeError(f"the what-if stored {Message.objects.count()} rows, not {stored}")
     print(json.dumps(stages))
-
-
-def _copy_bulk_create(objs: list[Any], ignore_conflicts: bool = False, **kwargs: Any) -> list[Any]:
-    """`bulk_create(ignore_conflicts=True)` of messages through COPY into a temporary
-    stage table, then INSERT ... SELECT ... ON CONFLICT DO NOTHING: the same outcome."""
-    from django.db import connection
-    from django.utils import timezone
-    from psycopg.types.json import Jsonb
-
-    if not objs:
-        return objs
-    columns = ", ".join(REFERENCE_COLUMNS)
-    now = timezone.now()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS bench_stage ON COMMIT DELETE ROWS AS "
-            f"SELECT {columns} FROM sources_message WITH NO DATA"
-        )
-        with cursor.cursor.copy(f"COPY bench_stage ({columns}) FROM STDIN") as copy:
-            for m in objs:
-                copy.write_row(
-                    (
-                        m.chat_id,
-                        m.telegram_id,
-                        m.author_id,
-                        m.author_name,
-                        m.text,
-                        m.sent_at,
-                        m.edited_at,
-                        m.reply_to_telegram_id,
-                        m.forwarded_from,
-                        Jsonb(m.raw),
-                        now,
-                        now,
-                    )
-                )
-        cursor.execute(
-            f"INSERT INTO sources_message ({columns}) SELECT {columns} FROM bench_stage "
-            "ON CONFLICT (chat_id, telegram_id) DO NOTHING"
-        )
-    return objs
 
 
 def _import(export: Path) -> Any:
@@ -561,16 +538,12 @@ def _import(export: Path) -> Any:
 
 def child_profile(export: Path, top: int = 25) -> None:
     """cProfile of one import: time by part, from cumulative times (which the profiler
-    inflates for code making many small Python calls, like the event loop)."""
+    inflates for code making many small Python calls)."""
     _django_setup()
     import inspect
 
-    import ijson
     import psycopg
     from django.db import connection, transaction
-    from django.db.models import Model, QuerySet
-    from django.db.models.fields.json import JSONField
-    from django.db.models.sql.compiler import SQLInsertCompiler
 
     from sources import services
 
@@ -583,38 +556,29 @@ def child_profile(export: Path, top: int = 25) -> None:
         code = inspect.unwrap(function).__code__
         return (code.co_filename, code.co_firstlineno, code.co_name)
 
-    def cumulative(function: Any, caller_file: str | None = None) -> float:
+    def cumulative(function: Any) -> float:
         entry = entries.get(key(function))
-        if entry is None:
-            return 0.0
-        if caller_file is None:
-            return entry[3]
-        return sum(timing[3] for caller, timing in entry[4].items() if caller[0] == caller_file)
+        return entry[3] if entry else 0.0
 
     def own(function: Any) -> float:
         entry = entries.get(key(function))
         return entry[2] if entry else 0.0
 
-    services_file = key(services.upsert_messages)[0]
     total = cumulative(services.import_telegram_export)
     parts = {
-        "stream loop (C parser events + loop body of _ExportStream.run, own time)": own(
-            services._ExportStream.run
-        ),
-        "ijson ObjectBuilder.event (Python, once per parse event)": cumulative(ijson.ObjectBuilder.event),
+        "reading the file (ijson.items in C: own time of _read_single_chat)": own(
+            services._ExportStream._read_single_chat
+        )
+        + own(services._ExportStream._walk),
         "message_from_export (times, text, raw copy)": cumulative(services.message_from_export),
         "upsert_messages, all of it": cumulative(services.upsert_messages),
-        "  existing-rows lookup (QuerySet iteration)": cumulative(QuerySet.__iter__, services_file),
-        "  Message() instances (Model.__init__)": cumulative(Model.__init__, services_file),
-        "  bulk_create": cumulative(QuerySet.bulk_create),
-        "    INSERT SQL building (SQLInsertCompiler.as_sql)": cumulative(SQLInsertCompiler.as_sql),
-        "      field values (pre_save_val + prepare_value)": cumulative(SQLInsertCompiler.pre_save_val)
-        + cumulative(SQLInsertCompiler.prepare_value),
-        "        JSONField.get_db_prep_value (json.dumps)": cumulative(JSONField.get_db_prep_value),
-        "  psycopg Cursor.execute, every query (adapt, send, server time)": cumulative(
-            psycopg.Cursor.execute
+        "  existing-rows lookup (_stored_versions)": cumulative(services._stored_versions),
+        "  COPY (_insert_messages: rows, json.dumps, binary format, server)": cumulative(
+            services._insert_messages
         ),
+        "    json.dumps of raw": cumulative(json.dumps),
         "  commit (Atomic.__exit__)": cumulative(transaction.Atomic.__exit__),
+        "psycopg waits for the server, everywhere (Connection.wait)": cumulative(psycopg.Connection.wait),
     }
     print(f"cProfile of one import: {total:.2f} s under the profiler")
     for label, seconds in parts.items():

@@ -59,7 +59,7 @@ def test_testing_with_given_messages_sends_them(admin_client: Client, agent, fak
     admin_client.post(agent_test_url(agent), {"sample": "Zoe: please rotate the staging keys\nYan: on it"})
     sent = fake_openai.completion_requests()[0]["messages"][1]["content"]
     assert "#1 09:00 Zoe: please rotate the staging keys" in sent
-    assert "#2 09:00 Yan: on it" in sent
+    assert "#2 Yan: on it" in sent  # the time is shown again only 10 minutes on
 
 
 @pytest.mark.parametrize(

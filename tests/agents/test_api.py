@@ -410,7 +410,7 @@ def test_testing_an_agent_with_given_messages_and_task_config_sends_them(
     request = fake_openai.completion_requests()[0]
     assert "Only list chores." in request["messages"][0]["content"]
     assert "#1 09:00 Zoe: please rotate the staging keys" in request["messages"][1]["content"]
-    assert "#2 09:00 Yan: ok" in request["messages"][1]["content"]
+    assert "#2 Yan: ok" in request["messages"][1]["content"]  # no time within 10 minutes
 
 
 def test_testing_an_agent_on_an_unreachable_provider_says_why(admin_api: APIClient, agent: Agent) -> None:
