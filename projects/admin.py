@@ -4,7 +4,7 @@ from django.forms import ModelForm
 from django.http import HttpRequest
 
 from projects.models import Project, ProjectConfig, ProjectMembership, Task, WebhookDelivery, WebhookEndpoint
-from projects.tasks import deliver_webhook_task
+from projects.webhooks import redeliver
 
 
 class ProjectMembershipInline(admin.TabularInline):
@@ -204,8 +204,5 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
     @admin.action(description="Send the selected deliveries again")
     def send_again(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
-        ids = list(queryset.values_list("pk", flat=True))
-        queryset.update(status=WebhookDelivery.Status.PENDING)
-        for pk in ids:
-            deliver_webhook_task.delay(pk)
-        self.message_user(request, f"{len(ids)} deliveries queued again.")
+        count = redeliver(delivery_ids=list(queryset.values_list("pk", flat=True)))
+        self.message_user(request, f"{count} deliveries queued again.")

@@ -97,3 +97,14 @@ def _failed_attempt(delivery: WebhookDelivery, status: int | None, error: str) -
 
 class DeliveryFailed(Exception):
     pass
+
+
+def redeliver(*, delivery_ids: list[int]) -> int:
+    """Send deliveries again (after a receiver was fixed): pending again, queued after commit."""
+    with transaction.atomic():
+        count = WebhookDelivery.objects.filter(pk__in=delivery_ids).update(
+            status=WebhookDelivery.Status.PENDING
+        )
+        for pk in delivery_ids:
+            transaction.on_commit(lambda pk=pk: tasks.deliver_webhook_task.delay(pk))
+    return count

@@ -131,3 +131,20 @@ def test_a_lead_registers_a_webhook_through_the_api_and_sees_its_secret() -> Non
     assert client.get("/api/v1/webhooks/").json()["count"] == 0
     bad = client.post("/api/v1/webhooks/", {**body, "events": ["task.deleted"]}, format="json")
     assert bad.status_code == 400
+
+
+def test_the_admin_sends_a_failed_delivery_again(admin_client, django_capture_on_commit_callbacks) -> None:
+    task = TaskFactory()
+    endpoint = WebhookEndpoint.objects.create(project=task.project, url="https://hooks.example.com/x")
+    delivery = WebhookDelivery.objects.create(endpoint=endpoint, event="task.status_changed", payload={})
+    give_up(delivery_id=delivery.pk)
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = admin_client.post(
+            "/admin/projects/webhookdelivery/",
+            {"action": "send_again", "_selected_action": [delivery.pk]},
+            follow=True,
+        )
+    delivery.refresh_from_db()
+    assert delivery.status == "pending"
+    assert len(callbacks) == 1
+    assert "1 deliveries queued again." in response.content.decode()
