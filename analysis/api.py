@@ -19,6 +19,7 @@ from analysis.services import cancel_run, close_run, retry_failed_batches, start
 from projects.models import Project
 from sources.api import AwareDateTimeField
 from sources.models import Chat
+from tasktracker.api import IdFilter
 
 
 class BatchSerializer(serializers.ModelSerializer):
@@ -115,7 +116,7 @@ class RunCreateSerializer(serializers.Serializer):
 
 
 class RunFilter(filters.FilterSet):
-    project = filters.NumberFilter(field_name="projects", distinct=True)
+    project = IdFilter(field_name="projects", distinct=True)
 
     class Meta:
         model = AnalysisRun

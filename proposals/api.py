@@ -12,8 +12,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
 from django_filters import rest_framework as filters
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, extend_schema_view
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
@@ -41,6 +40,7 @@ from proposals.services import (
     undo_last_action,
 )
 from sources.models import Message
+from tasktracker.api import IdFilter
 
 # Each proposal of a bulk review is its own transaction (and webhook); a request stays short.
 BULK_REVIEW_MAX_PROPOSALS = 500
@@ -114,6 +114,14 @@ class ProposalSerializer(serializers.ModelSerializer):
     )
     similar_proposal = ProposalRefSerializer(read_only=True, allow_null=True)
     similar_task = TaskRefSerializer(read_only=True, allow_null=True)
+    # Declared: `read_only_fields` would drop the model field's `blank=True`, and the schema's
+    # enum would miss the "" of every proposal not linked to a similar one.
+    similarity_kind = serializers.ChoiceField(
+        choices=TaskProposal.SimilarityKind.choices,
+        allow_blank=True,
+        read_only=True,
+        help_text="How the similar proposal or task was found; empty when there is none.",
+    )
     reviewer_username = serializers.CharField(source="reviewer.username", read_only=True, allow_null=True)
     source_messages = SourceMessageSerializer(many=True, read_only=True, help_text="Oldest first.")
 
@@ -155,15 +163,7 @@ class ProposalSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-@extend_schema_field(OpenApiTypes.STR)
-class ProposalStatusField(serializers.CharField):
-    """A proposal's status, a plain string in the schema. Its enum stays on `Proposal`
-    alone: used by two components, drf-spectacular could not name it apart from the
-    `status` enums of runs, batches and tasks, and would warn."""
-
-
 class ProposalDetailSerializer(ProposalSerializer):
-    status = ProposalStatusField(read_only=True, help_text="pending, approved, rejected or merged.")
     review_events = ReviewEventSerializer(many=True, read_only=True, help_text="Newest first.")
 
     class Meta(ProposalSerializer.Meta):
@@ -270,8 +270,8 @@ class BulkOutcomeSerializer(serializers.Serializer):
 
 
 class ProposalFilter(filters.FilterSet):
-    project = filters.NumberFilter(field_name="project_id", help_text="The project's id.")
-    run = filters.NumberFilter(field_name="run_id", help_text="The analysis run's id.")
+    project = IdFilter(field_name="project_id", help_text="The project's id.")
+    run = IdFilter(field_name="run_id", help_text="The analysis run's id.")
     band = filters.ChoiceFilter(
         choices=TaskProposal.Band.choices,
         method="filter_band",

@@ -23,6 +23,7 @@ from rest_framework.views import APIView
 from sources.models import Chat, Message, MessageEdit
 from sources.selectors import chat_detail, chat_list, message_detail, message_list
 from sources.services import BULK_MAX_MESSAGES, ingest_messages, update_chat
+from tasktracker.api import IdFilter
 from tasktracker.exceptions import DomainError
 
 # Telegram caps a message at 4096 characters and a caption at 1024; the headroom is for
@@ -234,7 +235,7 @@ class ChatFilter(filters.FilterSet):
 
 
 class MessageFilter(filters.FilterSet):
-    chat = filters.NumberFilter(field_name="chat_id", help_text="The chat's id in Tasktracker.")
+    chat = IdFilter(field_name="chat_id", help_text="The chat's id in Tasktracker.")
     chat_telegram_id = filters.NumberFilter(
         field_name="chat__telegram_id", help_text="The chat's Bot API id."
     )
