@@ -132,7 +132,11 @@ def fake_bot_api(settings: Any) -> Iterator[FakeBotAPI]:
 
 @pytest.fixture
 def fake_openai(settings: Any) -> Iterator[FakeOpenAI]:
-    """An OpenAI-compatible server on loopback; the gateway's backoff is shortened."""
+    """An OpenAI-compatible server on loopback; the gateway's backoff is shortened, and it
+    forgets the response formats earlier fakes took."""
+    from agents.llm import forget_response_formats  # a model import: Django is set up by now
+
+    forget_response_formats()
     settings.LLM_BACKOFF_BASE_SECONDS = 0.01
     settings.LLM_BACKOFF_CAP_SECONDS = 2.0
     fake = FakeOpenAI().start()

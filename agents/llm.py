@@ -30,8 +30,21 @@ from agents.models import LLMProvider
 
 logger = logging.getLogger(__name__)
 
-# Response formats, best first: servers that lack one get the next.
-JSON_SCHEMA, JSON_OBJECT, PLAIN = "json_schema", "json_object", "plain"
+# Response formats, best first: servers that lack one get the next. JSON_OBJECT_SCHEMA is
+# llama.cpp's form (its server and llama-cpp-python's): JSON mode with the schema beside it,
+# which they turn into a grammar, so that even a small model answers in the schema's shape.
+JSON_SCHEMA, JSON_OBJECT_SCHEMA, JSON_OBJECT, PLAIN = (
+    "json_schema",
+    "json_object_schema",
+    "json_object",
+    "plain",
+)
+FORMATS = (JSON_SCHEMA, JSON_OBJECT_SCHEMA, JSON_OBJECT, PLAIN)
+# How long a worker remembers the format an endpoint took, so that later calls start there
+# instead of paying a refused request each; after that the best format is tried again (the
+# server may have been upgraded).
+FORMAT_MEMORY_SECONDS = 600.0
+_formats_taken: dict[tuple[str, str], tuple[str, float]] = {}
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.IGNORECASE)
 
 
@@ -127,9 +140,27 @@ def parse_answer(content: str, schema: dict[str, Any]) -> dict[str, Any]:
 def _response_format(kind: str, schema: dict[str, Any], name: str) -> dict[str, Any] | None:
     if kind == JSON_SCHEMA:
         return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+    if kind == JSON_OBJECT_SCHEMA:
+        return {"type": "json_object", "schema": schema}
     if kind == JSON_OBJECT:
         return {"type": "json_object"}
     return None
+
+
+def _formats_to_try(provider: LLMProvider, model: str) -> list[str]:
+    taken = _formats_taken.get((provider.base_url, model))
+    if taken is None or time.monotonic() - taken[1] > FORMAT_MEMORY_SECONDS:
+        return list(FORMATS)
+    return list(FORMATS[FORMATS.index(taken[0]) :])
+
+
+def _remember_format(provider: LLMProvider, model: str, fmt: str) -> None:
+    _formats_taken[(provider.base_url, model)] = (fmt, time.monotonic())
+
+
+def forget_response_formats() -> None:
+    """Start every endpoint at the best format again (this process only)."""
+    _formats_taken.clear()
 
 
 def _retry_after(exc: openai.APIStatusError) -> float | None:
@@ -175,7 +206,7 @@ def complete_json(
     """
     client = _client(provider)
     usage = LLMUsage()
-    formats = [JSON_SCHEMA, JSON_OBJECT, PLAIN]
+    formats = _formats_to_try(provider, model)
     max_attempts = settings.LLM_MAX_ATTEMPTS
     messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": user_prompt}]
     attempt = 0
@@ -249,6 +280,7 @@ def complete_json(
             usage.calls += 1
             reason = "connection"
         else:
+            _remember_format(provider, model, fmt)
             return _answer(response, schema=schema, usage=usage, model=model, fmt=fmt)
         if attempt >= max_attempts:
             raise LLMError(reason, _give_up_message(provider, reason, attempt), usage)
@@ -307,6 +339,7 @@ __all__ = [
     "LLMResult",
     "LLMUsage",
     "complete_json",
+    "forget_response_formats",
     "list_models",
     "parse_answer",
     "validate_schema",

@@ -6,8 +6,9 @@ from decimal import Decimal
 
 import pytest
 
+from agents import llm
 from agents.defaults import DEFAULT_RESPONSE_SCHEMA
-from agents.llm import JSON_OBJECT, LLMError, complete_json, list_models
+from agents.llm import JSON_OBJECT, JSON_OBJECT_SCHEMA, JSON_SCHEMA, LLMError, complete_json, list_models
 from agents.models import LLMProvider
 from tests.factories import LLMProviderFactory
 from tests.fakes.openai_server import REFUSED_KEY, FakeOpenAI, FakeReply
@@ -179,7 +180,7 @@ def test_a_refusal_is_recorded_as_such(fake_openai: FakeOpenAI, provider) -> Non
 
 
 @pytest.mark.parametrize("status", [400, 422, 500])
-def test_a_server_without_json_schema_falls_back_to_json_mode(
+def test_a_server_without_json_schema_gets_the_schema_in_json_mode(
     fake_openai: FakeOpenAI, provider, status
 ) -> None:
     # OpenAI answers 400, FastAPI servers 422, llama-cpp-python's server 500.
@@ -188,11 +189,45 @@ def test_a_server_without_json_schema_falls_back_to_json_mode(
     fake_openai.queue(FakeReply.ok(ANSWER))
     result = ask(provider)
     assert result.data == ANSWER
+    assert result.response_format == JSON_OBJECT_SCHEMA
+    sent = [r["response_format"] for r in fake_openai.completion_requests()]
+    assert [f["type"] for f in sent] == ["json_schema", "json_object"]
+    # llama.cpp's form: JSON mode with the schema beside it, which it makes a grammar of.
+    assert sent[1]["schema"] == DEFAULT_RESPONSE_SCHEMA
+
+
+def test_a_server_with_plain_json_mode_only_gets_it(fake_openai: FakeOpenAI, provider) -> None:
+    fake_openai.reject_response_format = {"json_schema", "json_object_schema"}
+    fake_openai.queue(FakeReply.ok(ANSWER))
+    result = ask(provider)
+    assert result.data == ANSWER
     assert result.response_format == JSON_OBJECT
-    assert [r["response_format"]["type"] for r in fake_openai.completion_requests()] == [
-        "json_schema",
-        "json_object",
+    assert [r["response_format"] for r in fake_openai.completion_requests()][1:] == [
+        {"type": "json_object", "schema": DEFAULT_RESPONSE_SCHEMA},
+        {"type": "json_object"},
     ]
+
+
+def test_the_format_an_endpoint_took_is_where_the_next_call_starts(fake_openai: FakeOpenAI, provider) -> None:
+    fake_openai.reject_response_format = {"json_schema"}
+    ask(provider)
+    first = len(fake_openai.completion_requests())
+    result = ask(provider)
+    assert first == 2
+    assert len(fake_openai.completion_requests()) == 3
+    assert result.response_format == JSON_OBJECT_SCHEMA
+    assert result.usage.calls == 1
+
+
+def test_a_remembered_format_is_tried_again_after_a_while(
+    fake_openai: FakeOpenAI, provider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_openai.reject_response_format = {"json_schema"}
+    ask(provider)
+    fake_openai.reject_response_format = set()  # the server was upgraded
+    monkeypatch.setattr(llm, "FORMAT_MEMORY_SECONDS", 0.0)
+    result = ask(provider)
+    assert result.response_format == JSON_SCHEMA
 
 
 def test_concurrency_is_limited_per_provider(fake_openai: FakeOpenAI, provider) -> None:

@@ -100,7 +100,10 @@ class FakeOpenAI:
     def _next_reply(self, request: dict[str, Any]) -> FakeReply:
         with self._lock:
             self.requests.append(request)
-            fmt = (request.get("response_format") or {}).get("type")
+            response_format = request.get("response_format") or {}
+            fmt = response_format.get("type")
+            if fmt == "json_object" and "schema" in response_format:
+                fmt = "json_object_schema"  # llama.cpp's JSON mode with a schema
             if fmt in self.reject_response_format:
                 message = f"response_format {fmt} is not supported"
                 return FakeReply.error(self.reject_status, message, code="invalid_request")
