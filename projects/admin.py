@@ -1,17 +1,36 @@
+from typing import Any
+
 from django.contrib import admin
 from django.db.models import Count, Prefetch, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 
 from projects.models import Project, ProjectConfig, ProjectMembership, Task, WebhookDelivery, WebhookEndpoint
 from projects.webhooks import redeliver
 
 
-class ProjectMembershipInline(admin.TabularInline):
+class TeamIsVersioned:
+    """The team and the default assignee are part of a project's configuration: a change of
+    either is a new version, made by `bump_config` from the project's configuration page
+    (staff may edit any project's). The admin shows them and does not change them, so that
+    no change escapes the version history."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ProjectMembershipInline(TeamIsVersioned, admin.TabularInline):
     model = ProjectMembership
     fields = ["user", "role", "created_at"]
-    readonly_fields = ["created_at"]
-    autocomplete_fields = ["user"]
+    readonly_fields = fields
     extra = 0
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ProjectMembership]:
@@ -55,8 +74,8 @@ class ProjectAdmin(admin.ModelAdmin):
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
     autocomplete_fields = ["default_assignee"]
-    readonly_fields = ["created_at", "updated_at"]
-    fields = ["name", "slug", "is_active", "default_assignee", "created_at", "updated_at"]
+    readonly_fields = ["configuration", "created_at", "updated_at"]
+    fields = ["name", "slug", "is_active", "default_assignee", "configuration", "created_at", "updated_at"]
     inlines = [ProjectMembershipInline, ProjectConfigInline]
     # `get_absolute_url` points back into the admin; "View on site" would be a loop.
     view_on_site = False
@@ -70,6 +89,19 @@ class ProjectAdmin(admin.ModelAdmin):
             .prefetch_related(Prefetch("configs", queryset=current, to_attr="current_configs"))
         )
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Project | None = None) -> list[str]:
+        # Chosen on creation; afterwards it is part of the versioned configuration.
+        return [*self.readonly_fields, "default_assignee"] if obj is not None else self.readonly_fields
+
+    @admin.display(description="Team and configuration")
+    def configuration(self, obj: Project) -> str:
+        if obj.pk is None:
+            return "Set on the project's configuration page once the project is saved."
+        return format_html(
+            '<a href="{}">Edit keywords, team and default assignee</a>: each save is a new version.',
+            reverse("projects:project-edit", args=[obj.slug]),
+        )
+
     @admin.display(description="Members", ordering="member_count")
     def member_count(self, obj: Project) -> int:
         return obj.member_count
@@ -81,7 +113,7 @@ class ProjectAdmin(admin.ModelAdmin):
 
 
 @admin.register(ProjectMembership)
-class ProjectMembershipAdmin(admin.ModelAdmin):
+class ProjectMembershipAdmin(TeamIsVersioned, admin.ModelAdmin):
     list_display = ["user", "project", "role", "created_at"]
     list_filter = ["role", "project"]
     list_select_related = ["user", "project"]

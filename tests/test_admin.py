@@ -48,7 +48,6 @@ OUR_APPS = ["sources", "projects", "agents", "analysis", "proposals"]
 EDITABLE = [
     Chat,
     Project,
-    ProjectMembership,
     Task,
     WebhookEndpoint,
     LLMProvider,
@@ -61,6 +60,7 @@ VIEW_ONLY = [
     MessageEdit,
     TelegramUpdate,
     PollingState,
+    ProjectMembership,
     ProjectConfig,
     AnalysisRun,
     Batch,
@@ -479,30 +479,37 @@ def test_message_change_page_shows_earlier_texts(
     assert edit.previous_text in html
 
 
-def test_project_with_read_only_config_history_can_be_saved_with_a_new_member(
+def test_the_project_admin_shows_the_team_and_sends_changes_to_the_versioned_page(
     admin_client: Client, objects: dict[type[Model], Model]
 ) -> None:
     project = objects[Project]
-    ProjectConfigFactory(project=project, major=0, minor=9, is_current=False)
+    lead = objects[ProjectMembership].user
     newcomer = UserFactory()
-    data = form_data(admin_client.get(change_url(project)))
+    response = admin_client.get(change_url(project))
+    data = form_data(response)
     total = int(data["memberships-TOTAL_FORMS"])
     data.update(
         {
             "memberships-TOTAL_FORMS": str(total + 1),
             f"memberships-{total}-user": str(newcomer.pk),
             f"memberships-{total}-role": ProjectMembership.Role.MEMBER,
+            "default_assignee": str(newcomer.pk),
             "name": "Renamed project",
         }
     )
 
-    response = admin_client.post(change_url(project), data)
+    saved = admin_client.post(change_url(project), data)
 
-    assert response.status_code == 302
+    html = response.content.decode()
+    assert lead.username in html
+    assert reverse("projects:project-edit", args=[project.slug]) in html
+    assert saved.status_code == 302
     project.refresh_from_db()
     assert project.name == "Renamed project"
-    assert project.memberships.filter(user=newcomer).exists()
-    assert project.configs.count() == 2
+    # The team and the default assignee change only through a new version.
+    assert not project.memberships.filter(user=newcomer).exists()
+    assert project.default_assignee_id != newcomer.pk
+    assert project.configs.count() == 1
 
 
 def test_project_changelist_shows_the_current_config_version(admin_client: Client) -> None:
