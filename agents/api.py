@@ -44,6 +44,7 @@ from agents.services import (
     test_agent,
     update_provider,
 )
+from tasktracker.api import DescribedPageNumberPagination, help_texts
 
 TEST_MAX_MESSAGES = 200
 TEST_MAX_TEXT_LENGTH = 10_000
@@ -116,6 +117,18 @@ class ProviderSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = ["health", "health_error", "health_checked_at", "created_at", "updated_at"]
+        extra_kwargs = help_texts(
+            name="Unique name, shown when choosing an agent's provider.",
+            timeout_seconds="Seconds to wait for one answer before the call fails as a timeout; at least 1.",
+            max_concurrency="Most requests in flight to this provider at once, across all workers.",
+            requests_per_minute="Most requests started per minute to this provider, across all workers.",
+            price_per_1k_input="Price of 1,000 prompt tokens, in the unit of every `cost`; 0 for free.",
+            price_per_1k_output="Price of 1,000 completion tokens, in the unit of every `cost`; 0 for free.",
+            is_active="Off: no agent may newly choose it, and runs of its agents are refused.",
+            health="pending until checked, validating during a check, then connected or error.",
+            health_error="Why the last check failed; empty unless `health` is error.",
+            health_checked_at="When the last check finished; null before the first.",
+        )
 
     def get_api_key_set(self, provider: LLMProvider) -> bool:
         return bool(provider.api_key_encrypted)
@@ -130,7 +143,9 @@ class AgentSerializer(serializers.ModelSerializer):
     provider = serializers.PrimaryKeyRelatedField(
         queryset=LLMProvider.objects.all(), help_text="An active provider's id."
     )
-    provider_name = serializers.CharField(source="provider.name", read_only=True)
+    provider_name = serializers.CharField(
+        source="provider.name", read_only=True, help_text="The provider's name."
+    )
     task_configs = serializers.PrimaryKeyRelatedField(
         many=True, read_only=True, help_text="Ids of the task configs assigned; change them at /assignments/."
     )
@@ -153,6 +168,14 @@ class AgentSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = ["created_at", "updated_at"]
+        extra_kwargs = help_texts(
+            name="Unique name, shown on runs.",
+            model="Model id as the provider names it, e.g. gpt-4o-mini or llama3.1:8b.",
+            system_prompt="Starts the system prompt, before the task config's instructions; may be empty.",
+            temperature="Sampling temperature of every call, 0 to 2; lower gives steadier answers.",
+            max_output_tokens="Most tokens an answer may have (max_tokens); a longer one fails as truncated.",
+            is_active="Off: runs with this agent are refused.",
+        )
 
     def validate_provider(self, provider: LLMProvider) -> LLMProvider:
         # Only a new choice is checked: switching a provider off must not make its agents
@@ -180,23 +203,40 @@ class TaskConfigSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = ["created_at", "updated_at"]
+        extra_kwargs = help_texts(
+            name="Unique name, shown when assigning it to an agent.",
+            description="What the task is for, for people; not sent to the LLM.",
+            instructions="What the LLM is asked to do, sent in the system prompt after the agent's own.",
+            is_active="Off: runs with this task config are refused, and agent tests do not offer it.",
+        )
 
 
 class AssignmentSerializer(serializers.ModelSerializer):
-    agent_name = serializers.CharField(source="agent.name", read_only=True)
-    task_config_name = serializers.CharField(source="task_config.name", read_only=True)
+    agent_name = serializers.CharField(source="agent.name", read_only=True, help_text="The agent's name.")
+    task_config_name = serializers.CharField(
+        source="task_config.name", read_only=True, help_text="The task config's name."
+    )
 
     class Meta:
         model = AgentTaskAssignment
         fields = ["id", "agent", "agent_name", "task_config", "task_config_name", "is_active", "created_at"]
         read_only_fields = ["is_active", "created_at"]
+        extra_kwargs = help_texts(
+            agent="The agent's id.",
+            task_config="The task config's id.",
+            is_active="Off: runs with this assignment are refused; switched in the admin.",
+            created_at="When the task config was assigned to the agent.",
+        )
         # No unique-together check here: `assign_task_config` answers a repeat with a 409.
         validators: list[Any] = []
 
 
 class SampleMessageSerializer(serializers.Serializer):
-    author = serializers.CharField(max_length=255)
-    text = serializers.CharField(max_length=TEST_MAX_TEXT_LENGTH)
+    author = serializers.CharField(max_length=255, help_text="The sender's name, as the prompt shows it.")
+    text = serializers.CharField(
+        max_length=TEST_MAX_TEXT_LENGTH,
+        help_text=f"The message's text, at most {TEST_MAX_TEXT_LENGTH} characters.",
+    )
 
 
 class AgentTestSerializer(serializers.Serializer):
@@ -235,9 +275,13 @@ class AgentTestResultSerializer(serializers.Serializer):
     error_kind = serializers.CharField(
         help_text="connection, timeout, auth, model_not_found, malformed, schema_invalid, truncated…"
     )
-    latency_seconds = serializers.FloatField()
-    prompt_tokens = serializers.IntegerField()
-    completion_tokens = serializers.IntegerField()
+    latency_seconds = serializers.FloatField(help_text="Seconds spent inside LLM calls, retries included.")
+    prompt_tokens = serializers.IntegerField(
+        help_text="Prompt tokens the provider reported, retries included."
+    )
+    completion_tokens = serializers.IntegerField(
+        help_text="Completion tokens the provider reported, retries included."
+    )
     cost = serializers.DecimalField(max_digits=12, decimal_places=6, help_text="At the provider's prices.")
     attempts = serializers.IntegerField(help_text="Calls made, retries included.")
 
@@ -312,6 +356,7 @@ _IN_USE = OpenApiResponse(description="Still in use; the message says by what.")
 @method_decorator(sensitive_post_parameters("api_key"), name="dispatch")
 class ProviderViewSet(viewsets.ModelViewSet):
     serializer_class = ProviderSerializer
+    pagination_class = DescribedPageNumberPagination
     permission_classes = [IsStaffWithModelPermissions]
     filterset_class = ProviderFilter
     search_fields = ["name", "base_url"]
@@ -395,6 +440,7 @@ class ProviderViewSet(viewsets.ModelViewSet):
 )
 class AgentViewSet(viewsets.ModelViewSet):
     serializer_class = AgentSerializer
+    pagination_class = DescribedPageNumberPagination
     permission_classes = [IsStaffWithModelPermissions]
     filterset_class = AgentFilter
     search_fields = ["name", "model"]
@@ -474,6 +520,7 @@ class AgentViewSet(viewsets.ModelViewSet):
 )
 class TaskConfigViewSet(viewsets.ModelViewSet):
     serializer_class = TaskConfigSerializer
+    pagination_class = DescribedPageNumberPagination
     permission_classes = [IsStaffWithModelPermissions]
     filterset_class = TaskConfigFilter
     search_fields = ["name", "description"]
@@ -517,6 +564,7 @@ class AssignmentViewSet(
     viewsets.GenericViewSet,
 ):
     serializer_class = AssignmentSerializer
+    pagination_class = DescribedPageNumberPagination
     permission_classes = [IsStaffWithModelPermissions]
     filterset_class = AssignmentFilter
     ordering_fields = ["created_at"]

@@ -19,7 +19,7 @@ from analysis.services import cancel_run, close_run, retry_failed_batches, start
 from projects.models import Project
 from sources.api import AwareDateTimeField
 from sources.models import Chat
-from tasktracker.api import IdFilter
+from tasktracker.api import DescribedPageNumberPagination, IdFilter, help_texts
 
 
 class BatchSerializer(serializers.ModelSerializer):
@@ -43,13 +43,40 @@ class BatchSerializer(serializers.ModelSerializer):
             "finished_at",
         ]
         read_only_fields = fields
+        extra_kwargs = help_texts(
+            index="Position of the batch in its run, from 0, in the order of its messages.",
+            status="Where the batch stands; running while a worker holds it.",
+            message_ids="Ids of the messages sent to the LLM, in order; the first may repeat a message of "
+            "the batch before, as the parent of a reply.",
+            token_count="Tokens of the messages as the prompt renders them (cl100k_base).",  # noqa: S106
+            attempts="Times a worker took the batch: more than 1 if a worker died holding it; `retry` resets "
+            "it.",
+            error="Why the batch failed, or why some of its proposals were dropped; empty otherwise.",
+            error_kind="What failed: connection, timeout, auth, quota, model_not_found, malformed, "
+            "schema_invalid, truncated, attempts, internal…; empty unless failed.",
+            llm_calls="LLM calls made for this batch, retries included.",
+            prompt_tokens="Prompt tokens the provider reported for this batch.",
+            completion_tokens="Completion tokens the provider reported for this batch.",
+            llm_seconds="Seconds spent inside LLM calls for this batch.",
+            cost="Cost of this batch's calls at the provider's prices per 1,000 tokens.",
+            started_at="When a worker last took the batch; null if none has yet.",
+            finished_at="When the batch last ended, done or failed; null if it has not yet.",
+        )
 
 
 class RunSerializer(serializers.ModelSerializer):
-    agent = serializers.CharField(source="assignment.agent.name", read_only=True)
-    task_config = serializers.CharField(source="assignment.task_config.name", read_only=True)
-    progress_percent = serializers.IntegerField(read_only=True)
-    config_versions = serializers.SerializerMethodField()
+    agent = serializers.CharField(
+        source="assignment.agent.name", read_only=True, help_text="The agent's name."
+    )
+    task_config = serializers.CharField(
+        source="assignment.task_config.name", read_only=True, help_text="The task config's name."
+    )
+    progress_percent = serializers.IntegerField(
+        read_only=True, help_text="Share of the batches done or failed, 0 to 100."
+    )
+    config_versions = serializers.SerializerMethodField(
+        help_text="The configuration version of each project the run uses: `project` (slug) and `version`."
+    )
 
     class Meta:
         model = AnalysisRun
@@ -88,6 +115,35 @@ class RunSerializer(serializers.ModelSerializer):
             "closed_at",
         ]
         read_only_fields = fields
+        extra_kwargs = help_texts(
+            status="Where the run stands; closed means completed and all its proposals reviewed.",
+            window_start="Start of the time window analysed: messages sent at or after it.",
+            window_end="End of the time window analysed: messages sent before it.",
+            projects="Ids of the projects analysed.",
+            assignment="Id of the assignment (agent and task config) that does the analysis.",
+            trigger="What started the run: a user or the API (manual), or a project's schedule.",
+            started_by="Id of the user who started it; null for a scheduled run or a deleted user.",
+            messages_fetched="Messages of the window in the projects' active chats.",
+            messages_kept="Messages left after the prefilter, sent to the LLM in batches.",
+            batches_total="Batches planned; 0 until the messages are fetched.",
+            batches_done="Batches the LLM answered.",
+            batches_failed="Batches that failed; `retry` queues them again.",
+            proposals_created="Proposals saved from the LLM's answers.",
+            llm_calls="LLM calls made, summed over the batches, retries included.",
+            prompt_tokens="Prompt tokens the provider reported, summed over the batches.",
+            completion_tokens="Completion tokens the provider reported, summed over the batches.",
+            llm_seconds="Seconds spent inside LLM calls, summed over the batches.",
+            cost="Cost of the calls at the provider's prices per 1,000 tokens, summed over the batches.",
+            error="Why the run failed; empty otherwise.",
+            review_stats="Set on close: approved, rejected and merged counts and the approval rate, overall "
+            "and per confidence band (`bands`); empty before.",
+            event_seq="Number of the last event sent on /ws/runs/{id}/; events with a higher `seq` are "
+            "newer.",
+            created_at="When the run was requested.",
+            started_at="When a worker began the run; null while pending.",
+            finished_at="When the run completed, failed or was cancelled; null before and during a retry.",
+            closed_at="When the run was closed after its review; null before.",
+        )
 
     def get_config_versions(self, run: AnalysisRun) -> list[dict[str, Any]]:
         return [
@@ -96,10 +152,17 @@ class RunSerializer(serializers.ModelSerializer):
 
 
 class RunCreateSerializer(serializers.Serializer):
-    window_start = AwareDateTimeField()
-    window_end = AwareDateTimeField()
+    window_start = AwareDateTimeField(
+        help_text="Start of the window: messages sent at or after it. ISO 8601 with a time zone."
+    )
+    window_end = AwareDateTimeField(
+        help_text="End of the window, after its start: messages sent before it. ISO 8601 with a time zone."
+    )
     projects = serializers.PrimaryKeyRelatedField(
-        queryset=Project.objects.filter(is_active=True), many=True, allow_empty=False
+        queryset=Project.objects.filter(is_active=True),
+        many=True,
+        allow_empty=False,
+        help_text="Ids of active projects to analyse, each with a configuration; at least one.",
     )
     assignment = serializers.PrimaryKeyRelatedField(
         queryset=AgentTaskAssignment.objects.select_related("agent__provider", "task_config"),
@@ -127,10 +190,15 @@ class RunFilter(filters.FilterSet):
     list=extend_schema(
         summary="List analysis runs", description="Runs of the projects you are on (all for staff)."
     ),
-    retrieve=extend_schema(summary="Get a run with its counters and usage"),
+    retrieve=extend_schema(
+        summary="Get a run with its counters and usage",
+        description="Its progress, LLM usage and cost so far; /ws/runs/{id}/ sends each change as it "
+        "happens. Runs of the projects you are on (all for staff).",
+    ),
 )
 class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = RunSerializer
+    pagination_class = DescribedPageNumberPagination
     permission_classes = [permissions.IsAuthenticated]
     filterset_class = RunFilter
     ordering_fields = ["created_at", "status"]
@@ -179,14 +247,25 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
             raise PermissionDenied("Only staff or the leads of the run's projects can do this.")
         return run
 
-    @extend_schema(summary="Cancel a pending or running run", request=None, responses={200: RunSerializer})
+    @extend_schema(
+        summary="Cancel a pending or running run",
+        description="Batches not yet taken by a worker are never sent to the LLM. Staff, or a lead of "
+        "every project of the run; any other status is a 409.",
+        request=None,
+        responses={200: RunSerializer},
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str) -> Response:
         run = cancel_run(run=self._operable(), user=request.user)
         return Response(RunSerializer(self.get_queryset().get(pk=run.pk)).data)
 
     @extend_schema(
-        summary="Queue a finished run's failed batches again", request=None, responses={202: RunSerializer}
+        summary="Queue a finished run's failed batches again",
+        description="A completed or failed run's failed batches are pending again with fresh attempts, "
+        "and the run is running until they finish. A run without failed batches is a 400. Staff, or a "
+        "lead of every project of the run.",
+        request=None,
+        responses={202: RunSerializer},
     )
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str) -> Response:
@@ -196,7 +275,11 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
             RunSerializer(self.get_queryset().get(pk=run.pk)).data, status=status.HTTP_202_ACCEPTED
         )
 
-    @extend_schema(summary="The run's batches", responses={200: BatchSerializer(many=True)})
+    @extend_schema(
+        summary="The run's batches",
+        description="Every batch in order (not paginated): its messages, attempts, error and LLM usage.",
+        responses={200: BatchSerializer(many=True)},
+    )
     @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
     def batches(self, request: Request, pk: str) -> Response:
         run = self.get_object()

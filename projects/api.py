@@ -37,10 +37,20 @@ from projects.services import (
     rollback_config,
     update_task,
 )
-from tasktracker.api import IdField, IdFilter
+from tasktracker.api import DescribedPageNumberPagination, IdField, IdFilter, help_texts
 from tasktracker.exceptions import DomainError
 
 VERSION_PATTERN = r"\d+\.\d+\.\d+"
+
+# Each said twice: where a configuration is shown and where it is changed.
+DESCRIPTION_HELP = "What the project is about, sent to the LLM as context."
+EXCLUDE_KEYWORDS_HELP = "A message naming any of these is dropped before analysis."
+PRIORITY_RULES_HELP = "Rules for choosing a task's priority: a condition (`when`) and the priority it gives."
+ROLE_HELP = "What the user may do: a lead also changes the project's configuration, webhooks and runs."
+BATCH_TIME_GAP_HELP = (
+    "A pause in the chat longer than this many minutes starts a new batch, unless the message replies "
+    "into the current one."
+)
 
 
 def _field_errors(exc: DomainError, fields: set[str]) -> Exception:
@@ -64,20 +74,28 @@ class CanCreateProjects(permissions.BasePermission):
 
 
 class MemberSerializer(serializers.ModelSerializer):
-    user_id = serializers.IntegerField(read_only=True)
-    username = serializers.CharField(source="user.username", read_only=True)
+    user_id = serializers.IntegerField(read_only=True, help_text="The member's user id.")
+    username = serializers.CharField(
+        source="user.username", read_only=True, help_text="The member's username."
+    )
 
     class Meta:
         model = ProjectMembership
         fields = ["user_id", "username", "role"]
         read_only_fields = fields
+        extra_kwargs = help_texts(role=ROLE_HELP)
 
 
 class ConfigSerializer(serializers.ModelSerializer):
     version = serializers.CharField(read_only=True, help_text="Semantic version, e.g. 1.2.0.")
-    chats = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    chats = serializers.PrimaryKeyRelatedField(
+        many=True, read_only=True, help_text="Ids of the chats the project reads."
+    )
     default_assignee = serializers.IntegerField(
-        source="default_assignee_id_snapshot", read_only=True, allow_null=True
+        source="default_assignee_id_snapshot",
+        read_only=True,
+        allow_null=True,
+        help_text="User id of the project's default assignee in this version, or null.",
     )
     author = serializers.SlugRelatedField(
         slug_field="username",
@@ -111,11 +129,30 @@ class ConfigSerializer(serializers.ModelSerializer):
             "created_at",
         ]
         read_only_fields = fields
+        extra_kwargs = help_texts(
+            major="The version's first number, raised when `chats` or `team` change.",
+            minor="The version's second number, raised when keywords, glossary, components or priority rules "
+            "change.",
+            patch="The version's third number, raised for any other change.",
+            is_current="Whether this is the project's current configuration; one version is.",
+            description=DESCRIPTION_HELP,
+            language="The project's language code, e.g. en, de, pt-br.",
+            keywords="A message naming any of these is kept by the prefilter even when it looks like noise.",
+            exclude_keywords=EXCLUDE_KEYWORDS_HELP,
+            priority_rules=PRIORITY_RULES_HELP,
+            batch_time_gap_minutes=BATCH_TIME_GAP_HELP,
+            change_summary="What the author said changed in this version; may be empty.",
+            created_at="When this version was saved.",
+        )
 
 
 class ProjectSerializer(serializers.ModelSerializer):
-    team = MemberSerializer(source="memberships", many=True, read_only=True)
-    current_version = serializers.SerializerMethodField()
+    team = MemberSerializer(
+        source="memberships", many=True, read_only=True, help_text="Who is on the project, and their roles."
+    )
+    current_version = serializers.SerializerMethodField(
+        help_text="The current configuration's version, e.g. 1.2.0; null before the first."
+    )
 
     class Meta:
         model = Project
@@ -131,6 +168,13 @@ class ProjectSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = fields
+        extra_kwargs = help_texts(
+            name="Unique display name.",
+            slug="Unique name in URLs (/api/v1/projects/{slug}/) and in the LLM's answers.",
+            is_active="Off: no new runs of the project, scheduled or not.",
+            default_assignee="User id its proposals suggest when the LLM names nobody on the team; null "
+            "for none.",
+        )
 
     def get_current_version(self, project: Project) -> str | None:
         current = project.current_configs
@@ -138,7 +182,9 @@ class ProjectSerializer(serializers.ModelSerializer):
 
 
 class ProjectDetailSerializer(ProjectSerializer):
-    current_config = serializers.SerializerMethodField()
+    current_config = serializers.SerializerMethodField(
+        help_text="The current configuration in full; null before the first."
+    )
 
     class Meta(ProjectSerializer.Meta):
         fields = [*ProjectSerializer.Meta.fields, "current_config"]
@@ -151,41 +197,66 @@ class ProjectDetailSerializer(ProjectSerializer):
 
 
 class GlossaryEntrySerializer(serializers.Serializer):
-    term = serializers.CharField(max_length=200)
-    meaning = serializers.CharField(max_length=1000)
+    term = serializers.CharField(
+        max_length=200, help_text="A word or abbreviation of the project; once each."
+    )
+    meaning = serializers.CharField(max_length=1000, help_text="What the term means in the project.")
 
 
 class ComponentSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=200)
+    name = serializers.CharField(
+        max_length=200, help_text="A part of the product, e.g. Android app; once each."
+    )
     keywords = serializers.ListField(
-        child=serializers.CharField(allow_blank=True), required=False, default=list
+        child=serializers.CharField(allow_blank=True),
+        required=False,
+        default=list,
+        help_text="Words that point to this component; trimmed, lower-cased and deduplicated on save.",
     )
 
 
 class PriorityRuleSerializer(serializers.Serializer):
-    when = serializers.CharField(max_length=500)
-    priority = serializers.ChoiceField(choices=Task.Priority.choices)
+    when = serializers.CharField(
+        max_length=500, help_text="The condition, in plain words, e.g. the app crashes."
+    )
+    priority = serializers.ChoiceField(
+        choices=Task.Priority.choices, help_text="The priority of a task that meets the condition."
+    )
 
 
 class TeamMemberSerializer(serializers.Serializer):
-    user_id = IdField()
-    role = serializers.ChoiceField(choices=ProjectMembership.Role.choices)
+    user_id = IdField(help_text="The user's id.")
+    role = serializers.ChoiceField(choices=ProjectMembership.Role.choices, help_text=ROLE_HELP)
 
 
 class ConfigChangesSerializer(serializers.Serializer):
     """The fields to change; those left out keep their value."""
 
-    description = serializers.CharField(allow_blank=True, trim_whitespace=False, required=False)
+    description = serializers.CharField(
+        allow_blank=True, trim_whitespace=False, required=False, help_text=DESCRIPTION_HELP
+    )
     language = serializers.CharField(max_length=16, required=False, help_text="e.g. en, de, pt-br.")
     keywords = serializers.ListField(
         child=serializers.CharField(allow_blank=True),
         required=False,
         help_text="Trimmed, lower-cased and deduplicated on save.",
     )
-    exclude_keywords = serializers.ListField(child=serializers.CharField(allow_blank=True), required=False)
-    glossary = serializers.ListField(child=GlossaryEntrySerializer(), required=False)
-    components = serializers.ListField(child=ComponentSerializer(), required=False)
-    priority_rules = serializers.ListField(child=PriorityRuleSerializer(), required=False)
+    exclude_keywords = serializers.ListField(
+        child=serializers.CharField(allow_blank=True), required=False, help_text=EXCLUDE_KEYWORDS_HELP
+    )
+    glossary = serializers.ListField(
+        child=GlossaryEntrySerializer(),
+        required=False,
+        help_text="The project's terms and their meanings, sent to the LLM as context.",
+    )
+    components = serializers.ListField(
+        child=ComponentSerializer(),
+        required=False,
+        help_text="The parts of the product and their keywords, sent to the LLM as context.",
+    )
+    priority_rules = serializers.ListField(
+        child=PriorityRuleSerializer(), required=False, help_text=PRIORITY_RULES_HELP
+    )
     chats = serializers.ListField(child=IdField(), required=False, help_text="Chat ids.")
     team = serializers.ListField(
         child=TeamMemberSerializer(), required=False, help_text="The whole team; at least one lead."
@@ -194,12 +265,18 @@ class ConfigChangesSerializer(serializers.Serializer):
         allow_null=True, required=False, help_text="A user id on the team, or null."
     )
     batch_time_gap_minutes = serializers.IntegerField(
-        min_value=1, max_value=MAX_BATCH_TIME_GAP_MINUTES, required=False
+        min_value=1, max_value=MAX_BATCH_TIME_GAP_MINUTES, required=False, help_text=BATCH_TIME_GAP_HELP
     )
     schedule = serializers.CharField(
         max_length=64, allow_blank=True, required=False, help_text="Five-field cron expression, or empty."
     )
-    summary = serializers.CharField(max_length=500, allow_blank=True, required=False, default="")
+    summary = serializers.CharField(
+        max_length=500,
+        allow_blank=True,
+        required=False,
+        default="",
+        help_text="What changed, in a few words; kept as the new version's `change_summary`.",
+    )
     base_version = serializers.RegexField(
         rf"^{VERSION_PATTERN}$",
         required=False,
@@ -216,8 +293,14 @@ class ConfigChangesSerializer(serializers.Serializer):
 
 
 class ProjectCreateSerializer(ConfigChangesSerializer):
-    name = serializers.CharField(max_length=200)
-    slug = serializers.SlugField(max_length=200, required=False, default="", allow_blank=True)
+    name = serializers.CharField(max_length=200, help_text="Unique display name.")
+    slug = serializers.SlugField(
+        max_length=200,
+        required=False,
+        default="",
+        allow_blank=True,
+        help_text="Unique name in URLs: lower-case letters, digits, hyphens; left out, made from the name.",
+    )
 
 
 class ProjectUpdateResultSerializer(ProjectDetailSerializer):
@@ -236,8 +319,15 @@ class RollbackSerializer(serializers.Serializer):
 
 
 class TaskSerializer(serializers.ModelSerializer):
-    project_slug = serializers.CharField(source="project.slug", read_only=True)
-    assignee_username = serializers.CharField(source="assignee.username", read_only=True, allow_null=True)
+    project_slug = serializers.CharField(
+        source="project.slug", read_only=True, help_text="The project's slug."
+    )
+    assignee_username = serializers.CharField(
+        source="assignee.username",
+        read_only=True,
+        allow_null=True,
+        help_text="The assignee's username; null when unassigned.",
+    )
 
     class Meta:
         model = Task
@@ -258,6 +348,18 @@ class TaskSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = fields
+        extra_kwargs = help_texts(
+            project="The project's id.",
+            title="Short summary of the work.",
+            description="Details of the work; may be empty.",
+            assignee="User id of who does it; null when unassigned.",
+            status="Where the work stands; changed with PATCH along the legal transitions.",
+            priority="How urgent the work is.",
+            category="What kind of work it is.",
+            tags="Free-form labels.",
+            due_date="When it is due (YYYY-MM-DD); null for no date.",
+            created_at="When the task was made, usually by approving a proposal.",
+        )
 
 
 class TaskUpdateSerializer(serializers.Serializer):
@@ -287,12 +389,15 @@ class TaskFilter(filters.FilterSet):
 @extend_schema_view(
     list=extend_schema(summary="List projects", description="The projects you are on (all for staff)."),
     retrieve=extend_schema(
-        summary="Get a project with its team and current configuration", responses=ProjectDetailSerializer
+        summary="Get a project with its team and current configuration",
+        description="The projects you are on (all for staff).",
+        responses=ProjectDetailSerializer,
     ),
 )
 class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     # PATCH and no PUT: a change is a new version, and fields left out keep their value.
     serializer_class = ProjectSerializer
+    pagination_class = DescribedPageNumberPagination
     permission_classes = [permissions.IsAuthenticated, CanCreateProjects]
     lookup_field = "slug"
     lookup_value_regex = r"[-a-zA-Z0-9_]+"
@@ -412,7 +517,10 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         return Response(self._detail(project, new_version=config.version))
 
     @extend_schema(
-        summary="A project's configuration versions, newest first", responses=ConfigSerializer(many=True)
+        summary="A project's configuration versions, newest first",
+        description="Every version saved, the current one flagged `is_current`. The projects you are on "
+        "(all for staff).",
+        responses=ConfigSerializer(many=True),
     )
     @action(detail=True, methods=["get"], filter_backends=[])
     def configs(self, request: Request, slug: str) -> Response:
@@ -420,7 +528,12 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         page = self.paginate_queryset(versions)
         return self.get_paginated_response(ConfigSerializer(page, many=True).data)
 
-    @extend_schema(summary="One configuration version", responses=ConfigSerializer)
+    @extend_schema(
+        summary="One configuration version",
+        description="The version by its number, e.g. 1.2.0; a 404 for a number the project never had. "
+        "The projects you are on (all for staff).",
+        responses=ConfigSerializer,
+    )
     @action(
         detail=True,
         methods=["get"],
@@ -440,7 +553,9 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         "`project` (id), `status`, `assignee` (user id), `priority`, `category`; `search` looks in "
         "the title and description.",
     ),
-    retrieve=extend_schema(summary="Get a task"),
+    retrieve=extend_schema(
+        summary="Get a task", description="Tasks of the projects you are on (all for staff)."
+    ),
     partial_update=extend_schema(
         summary="Move a task or assign it",
         description="Anyone on the project's team, and staff. `status` moves along the legal "
@@ -457,6 +572,7 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 )
 class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = TaskSerializer
+    pagination_class = DescribedPageNumberPagination
     permission_classes = [permissions.IsAuthenticated]
     filterset_class = TaskFilter
     search_fields = ["title", "description"]
@@ -494,7 +610,12 @@ class WebhookSerializer(serializers.ModelSerializer):
         model = WebhookEndpoint
         fields = ["id", "project", "url", "events", "is_active", "secret", "created_at"]
         read_only_fields = ["id", "secret", "created_at"]
-        extra_kwargs = {"secret": {"help_text": "HMAC-SHA256 key of X-Tasktracker-Signature."}}
+        extra_kwargs = help_texts(
+            project="Id of the project whose events are sent; one you lead, unless you are staff.",
+            url="Where the signed JSON POSTs go.",
+            is_active="Off: no events are sent to it.",
+            secret="HMAC-SHA256 key of X-Tasktracker-Signature.",  # noqa: S106
+        )
 
 
 class WebhookDeliverySerializer(serializers.ModelSerializer):
@@ -511,10 +632,33 @@ class WebhookDeliverySerializer(serializers.ModelSerializer):
             "delivered_at",
         ]
         read_only_fields = fields
+        extra_kwargs = help_texts(
+            event="The event sent: proposal.approved or task.status_changed.",
+            status="pending (queued or waiting for a retry), delivered (answered 2xx) or failed (given up).",
+            attempts="POSTs made so far; a failed one is retried with backoff (10 s, 20 s, 40 s…).",
+            response_status="HTTP status of the last answer; null when none came (connection error or "
+            "timeout) or before the first attempt.",
+            error="Why the last attempt failed: the start of the answer's body, or the connection error; "
+            "empty once delivered.",
+            created_at="When the event was queued.",
+            delivered_at="When the receiver answered 2xx; null until then.",
+        )
 
 
 @extend_schema_view(
-    list=extend_schema(summary="List the webhooks of the projects you lead (all for staff)"),
+    list=extend_schema(
+        summary="List the webhooks of the projects you lead (all for staff)",
+        description="Each with its secret. Filter by `project` and `is_active`.",
+    ),
+    retrieve=extend_schema(
+        summary="Get a webhook",
+        description="With its secret. Webhooks of the projects you lead (all for staff).",
+    ),
+    destroy=extend_schema(
+        summary="Delete a webhook",
+        description="No more events are sent to it, and its deliveries are deleted with it. Webhooks of the "
+        "projects you lead (all for staff).",
+    ),
     create=extend_schema(
         summary="Register a webhook",
         description="The project receives signed JSON POSTs (`X-Tasktracker-Signature: sha256=<HMAC of the "
@@ -530,6 +674,7 @@ class WebhookViewSet(
     viewsets.GenericViewSet,
 ):
     serializer_class = WebhookSerializer
+    pagination_class = DescribedPageNumberPagination
     permission_classes = [permissions.IsAuthenticated]
     filterset_fields = ["project", "is_active"]
     lookup_value_regex = r"\d+"
@@ -549,7 +694,10 @@ class WebhookViewSet(
         serializer.save()
 
     @extend_schema(
-        summary="The webhook's latest deliveries", responses={200: WebhookDeliverySerializer(many=True)}
+        summary="The webhook's latest deliveries",
+        description="Its last 100 deliveries, newest first (not paginated), with the outcome of the last "
+        "attempt of each. Webhooks of the projects you lead (all for staff).",
+        responses={200: WebhookDeliverySerializer(many=True)},
     )
     @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
     def deliveries(self, request: Request, pk: str) -> Response:

@@ -39,8 +39,9 @@ from proposals.services import (
     split_proposal,
     undo_last_action,
 )
+from sources.api import MessageSerializer
 from sources.models import Message
-from tasktracker.api import IdFilter
+from tasktracker.api import DescribedPageNumberPagination, IdFilter, help_texts
 
 # Each proposal of a bulk review is its own transaction (and webhook); a request stays short.
 BULK_REVIEW_MAX_PROPOSALS = 500
@@ -68,13 +69,14 @@ class CanReviewProposal(permissions.BasePermission):
 
 
 class SourceMessageSerializer(serializers.ModelSerializer):
-    chat_title = serializers.CharField(source="chat.title", read_only=True)
+    chat_title = serializers.CharField(source="chat.title", read_only=True, help_text="The chat's title.")
     link = serializers.CharField(read_only=True, help_text="t.me link to the message; empty where none.")
 
     class Meta:
         model = Message
         fields = ["id", "chat", "chat_title", "author_id", "author_name", "text", "sent_at", "link"]
         read_only_fields = fields
+        extra_kwargs = MessageSerializer.Meta.extra_kwargs
 
 
 class ProposalRefSerializer(serializers.ModelSerializer):
@@ -82,6 +84,7 @@ class ProposalRefSerializer(serializers.ModelSerializer):
         model = TaskProposal
         fields = ["id", "title"]
         read_only_fields = fields
+        extra_kwargs = help_texts(title="The proposal's title.")
 
 
 class TaskRefSerializer(serializers.ModelSerializer):
@@ -89,31 +92,49 @@ class TaskRefSerializer(serializers.ModelSerializer):
         model = Task
         fields = ["id", "title"]
         read_only_fields = fields
+        extra_kwargs = help_texts(title="The task's title.")
 
 
 class ReviewEventSerializer(serializers.ModelSerializer):
-    username = serializers.CharField(source="user.username", read_only=True, allow_null=True)
+    username = serializers.CharField(
+        source="user.username",
+        read_only=True,
+        allow_null=True,
+        help_text="The reviewer's username; null if deleted.",
+    )
 
     class Meta:
         model = ReviewEvent
         fields = ["id", "action", "user", "username", "note", "before", "after", "task", "created_at"]
         read_only_fields = fields
-        extra_kwargs = {
-            "before": {"help_text": "The proposal's fields before the action."},
-            "after": {"help_text": "The proposal's fields after the action."},
-            "task": {"help_text": "The task an approval made or added to."},
-        }
+        extra_kwargs = help_texts(
+            action="What the reviewer did to the proposal.",
+            user="The reviewer's user id; null if the user was deleted.",
+            note="A rejection's reason, or what a merge, split, duplicate or undo involved; may be empty.",
+            before="The proposal's fields before the action.",
+            after="The proposal's fields after the action.",
+            task="The task an approval made or added to.",
+            created_at="When the action was taken.",
+        )
 
 
 class ProposalSerializer(serializers.ModelSerializer):
-    project_name = serializers.CharField(source="project.name", read_only=True)
+    project_name = serializers.CharField(
+        source="project.name", read_only=True, help_text="The project's name."
+    )
     band = serializers.ChoiceField(
         choices=TaskProposal.Band.choices,
         read_only=True,
         help_text="Confidence band: high above 0.9, medium from 0.7 to 0.9, low below 0.7.",
     )
-    similar_proposal = ProposalRefSerializer(read_only=True, allow_null=True)
-    similar_task = TaskRefSerializer(read_only=True, allow_null=True)
+    similar_proposal = ProposalRefSerializer(
+        read_only=True,
+        allow_null=True,
+        help_text="The pending or approved proposal this one seems to repeat; null for none.",
+    )
+    similar_task = TaskRefSerializer(
+        read_only=True, allow_null=True, help_text="The task this one seems to repeat; null for none."
+    )
     # Declared: `read_only_fields` would drop the model field's `blank=True`, and the schema's
     # enum would miss the "" of every proposal not linked to a similar one.
     similarity_kind = serializers.ChoiceField(
@@ -122,7 +143,12 @@ class ProposalSerializer(serializers.ModelSerializer):
         read_only=True,
         help_text="How the similar proposal or task was found; empty when there is none.",
     )
-    reviewer_username = serializers.CharField(source="reviewer.username", read_only=True, allow_null=True)
+    reviewer_username = serializers.CharField(
+        source="reviewer.username",
+        read_only=True,
+        allow_null=True,
+        help_text="The reviewer's username, or null.",
+    )
     source_messages = SourceMessageSerializer(many=True, read_only=True, help_text="Oldest first.")
 
     class Meta:
@@ -161,6 +187,34 @@ class ProposalSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = fields
+        extra_kwargs = help_texts(
+            project="Id of the project the proposal is for.",
+            run="Id of the analysis run that proposed it; null if it came from elsewhere.",
+            title="Short summary of the proposed task, as the LLM wrote it or a reviewer edited it.",
+            description="Details of the proposed task; may be empty.",
+            priority="How urgent the proposed task is; copied to the task an approval makes.",
+            category="What kind of work it is; copied to the task an approval makes.",
+            tags="Free-form labels; copied to the task an approval makes.",
+            due_date="Due date (YYYY-MM-DD) the chat gave; null for none.",
+            suggested_assignee="User id of the team member the LLM named, else the project's default "
+            "assignee; null for none.",
+            suggested_assignee_name="The assignee as the LLM named them; may be empty.",
+            confidence="The LLM's confidence that this is a real task, 0 to 1.",
+            recommendation="What the LLM suggests doing with the proposal.",
+            reasoning="Why the LLM proposes it; may be empty.",
+            similarity_score="How close the similar proposal or task is, 0 to 1 (shared source messages or "
+            "title likeness); null for none.",
+            status="Where the review stands; merged means folded into another proposal (`merged_into`).",
+            reviewer="User id of who last approved, rejected or merged it; null if nobody has.",
+            reviewed_at="When it was last approved, rejected or merged; null if it never was.",
+            review_action="The last review action: approve, add_to_task, reject, merge, split, "
+            "mark_duplicate, undo or reopen; empty before any.",
+            review_note="The reason of a rejection, or which proposals a merge, split or duplicate involved; "
+            "may be empty.",
+            merged_into="Id of the proposal it was merged into (by a merge, split or duplicate); null "
+            "otherwise.",
+            created_at="When the LLM's proposal was saved.",
+        )
 
 
 class ProposalDetailSerializer(ProposalSerializer):
@@ -174,12 +228,26 @@ class ProposalDetailSerializer(ProposalSerializer):
 class ProposalEditSerializer(serializers.Serializer):
     """The fields a reviewer may change; those left out keep their value."""
 
-    title = serializers.CharField(max_length=300, required=False)
-    description = serializers.CharField(allow_blank=True, trim_whitespace=False, required=False)
-    priority = serializers.ChoiceField(choices=Task.Priority.choices, required=False)
-    category = serializers.ChoiceField(choices=Task.Category.choices, required=False)
-    tags = serializers.ListField(child=serializers.CharField(max_length=100), required=False)
-    due_date = serializers.DateField(allow_null=True, required=False)
+    title = serializers.CharField(max_length=300, required=False, help_text="The new title; not empty.")
+    description = serializers.CharField(
+        allow_blank=True, trim_whitespace=False, required=False, help_text="The new description."
+    )
+    priority = serializers.ChoiceField(
+        choices=Task.Priority.choices, required=False, help_text="The new priority."
+    )
+    category = serializers.ChoiceField(
+        choices=Task.Category.choices,
+        required=False,
+        help_text="The new category.",
+    )
+    tags = serializers.ListField(
+        child=serializers.CharField(max_length=100),
+        required=False,
+        help_text="The new tags, replacing the old.",
+    )
+    due_date = serializers.DateField(
+        allow_null=True, required=False, help_text="The new due date (YYYY-MM-DD), or null for none."
+    )
     suggested_assignee = serializers.PrimaryKeyRelatedField(
         queryset=get_user_model().objects.all(),
         allow_null=True,
@@ -227,8 +295,14 @@ class MergeSerializer(serializers.Serializer):
 
 
 class SplitPartSerializer(serializers.Serializer):
-    title = serializers.CharField(max_length=300)
-    description = serializers.CharField(allow_blank=True, trim_whitespace=False, required=False, default="")
+    title = serializers.CharField(max_length=300, help_text="The new proposal's title.")
+    description = serializers.CharField(
+        allow_blank=True,
+        trim_whitespace=False,
+        required=False,
+        default="",
+        help_text="The new proposal's description; empty when left out.",
+    )
     source_message_ids = serializers.ListField(
         child=serializers.IntegerField(min_value=1),
         allow_empty=False,
@@ -253,7 +327,10 @@ class BulkReviewSerializer(serializers.Serializer):
         max_length=BULK_REVIEW_MAX_PROPOSALS,
         help_text=f"1 to {BULK_REVIEW_MAX_PROPOSALS} proposals.",
     )
-    action = serializers.ChoiceField(choices=[("approve", "Approve"), ("reject", "Reject")])
+    action = serializers.ChoiceField(
+        choices=[("approve", "Approve"), ("reject", "Reject")],
+        help_text="What to do with every proposal given.",
+    )
     reason = serializers.CharField(
         allow_blank=True, required=False, default="", help_text="Required to reject."
     )
@@ -321,6 +398,7 @@ class ProposalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     # PATCH and no PUT: a reviewer changes some fields, the others are the LLM's. The
     # actions pass the id to the services, which say 404 or 403 themselves.
     serializer_class = ProposalSerializer
+    pagination_class = DescribedPageNumberPagination
     permission_classes = [permissions.IsAuthenticated, CanReviewProposal]
     filterset_class = ProposalFilter
     search_fields = ["title", "description"]

@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 from sources.models import Chat, Message, MessageEdit
 from sources.selectors import chat_detail, chat_list, message_detail, message_list
 from sources.services import BULK_MAX_MESSAGES, ingest_messages, update_chat
-from tasktracker.api import IdFilter
+from tasktracker.api import DescribedPageNumberPagination, IdFilter, help_texts
 from tasktracker.exceptions import DomainError
 
 # Telegram caps a message at 4096 characters and a caption at 1024; the headroom is for
@@ -86,6 +86,11 @@ class ChatSerializer(serializers.ModelSerializer):
         model = Chat
         fields = ["id", "telegram_id", "title", "type", "username", "is_active", "created_at", "updated_at"]
         read_only_fields = fields
+        extra_kwargs = help_texts(
+            telegram_id="Telegram's id of the chat; negative for groups and channels.",
+            title="The chat's title, from Telegram or set by staff; may be empty.",
+            type="The kind of chat, as Telegram says.",
+        )
 
 
 class ChatUpdateSerializer(serializers.Serializer):
@@ -105,10 +110,16 @@ class MessageEditSerializer(serializers.ModelSerializer):
         model = MessageEdit
         fields = ["previous_text", "previous_edited_at", "edited_at", "recorded_at"]
         read_only_fields = fields
+        extra_kwargs = help_texts(
+            previous_text="The text the edit replaced.",
+            previous_edited_at="When that text had been edited; null if it was the original text.",
+            edited_at="When Telegram says the edit was made; null if it did not say.",
+            recorded_at="When Tasktracker stored the edit.",
+        )
 
 
 class MessageSerializer(serializers.ModelSerializer):
-    chat_title = serializers.CharField(source="chat.title", read_only=True)
+    chat_title = serializers.CharField(source="chat.title", read_only=True, help_text="The chat's title.")
     link = serializers.CharField(read_only=True, help_text="t.me link to the message; empty where none.")
 
     class Meta:
@@ -130,6 +141,18 @@ class MessageSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = fields
+        extra_kwargs = help_texts(
+            chat="The chat's id in Tasktracker.",
+            telegram_id="Telegram's id of the message, unique within its chat.",
+            author_id="Telegram's id of the sender (a user, or the chat of a channel post); null if unknown.",
+            author_name="The sender's name as Telegram gave it; may be empty.",
+            sent_at="When the message was sent.",
+            edited_at="When the message was last edited; null if never.",
+            reply_to_telegram_id="Telegram's id of the message this one replies to, in the same chat; null "
+            "if not a reply.",
+            forwarded_from="Who the message was forwarded from; empty if not forwarded.",
+            created_at="When Tasktracker first stored the message.",
+        )
 
 
 class MessageDetailSerializer(MessageSerializer):
@@ -144,8 +167,10 @@ class ChatInSerializer(serializers.Serializer):
     telegram_id = serializers.IntegerField(
         min_value=_BIGINT_MIN, max_value=_BIGINT_MAX, help_text="The chat's Bot API id."
     )
-    title = serializers.CharField(max_length=255, allow_blank=True)
-    type = serializers.ChoiceField(choices=Chat.Type.choices)
+    title = serializers.CharField(
+        max_length=255, allow_blank=True, help_text="The chat's title; may be empty."
+    )
+    type = serializers.ChoiceField(choices=Chat.Type.choices, help_text="The kind of chat, as Telegram says.")
     username = serializers.RegexField(
         r"^[A-Za-z0-9_]*$",
         max_length=64,
@@ -170,16 +195,34 @@ class MessageInSerializer(serializers.Serializer):
         "The message's whole current text: a different text with a later `edited_at` is an edit.",
     )
     author_id = serializers.IntegerField(
-        min_value=_BIGINT_MIN, max_value=_BIGINT_MAX, allow_null=True, required=False, default=None
+        min_value=_BIGINT_MIN,
+        max_value=_BIGINT_MAX,
+        allow_null=True,
+        required=False,
+        default=None,
+        help_text="Telegram's id of the sender (a user, or the chat of a channel post); null if unknown.",
     )
-    author_name = serializers.CharField(max_length=255, allow_blank=True, required=False, default="")
+    author_name = serializers.CharField(
+        max_length=255, allow_blank=True, required=False, default="", help_text="The sender's name."
+    )
     edited_at = AwareDateTimeField(
         allow_null=True, required=False, default=None, help_text="When last edited, if ever."
     )
     reply_to_telegram_id = serializers.IntegerField(
-        min_value=1, max_value=_BIGINT_MAX, allow_null=True, required=False, default=None
+        min_value=1,
+        max_value=_BIGINT_MAX,
+        allow_null=True,
+        required=False,
+        default=None,
+        help_text="Telegram's id of the message this one replies to, in the same chat; null if not a reply.",
     )
-    forwarded_from = serializers.CharField(max_length=255, allow_blank=True, required=False, default="")
+    forwarded_from = serializers.CharField(
+        max_length=255,
+        allow_blank=True,
+        required=False,
+        default="",
+        help_text="Who the message was forwarded from; empty if not forwarded.",
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if attrs["edited_at"] is not None and attrs["edited_at"] < attrs["sent_at"]:
@@ -267,7 +310,10 @@ def _content_length(request: Request) -> int:
         summary="List chats",
         description="Chats by title. Filter by `is_active` and `type`; `search` looks in the title.",
     ),
-    retrieve=extend_schema(summary="Get a chat"),
+    retrieve=extend_schema(
+        summary="Get a chat",
+        description="Any signed-in user. `is_active` says whether analysis runs read the chat.",
+    ),
     partial_update=extend_schema(
         summary="Rename a chat or switch it on or off",
         description="Staff only. Changes `title` and `is_active`; other fields are ignored. A chat "
@@ -279,6 +325,7 @@ def _content_length(request: Request) -> int:
 class ChatViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     # PATCH and no PUT (no `update`): a PUT would have to send fields Telegram owns.
     serializer_class = ChatSerializer
+    pagination_class = DescribedPageNumberPagination
     permission_classes = [IsStaffOrReadOnly]
     filterset_class = ChatFilter
     search_fields = ["title"]
@@ -303,9 +350,13 @@ class ChatViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         "`author_id` and a time window (`sent_after` inclusive, `sent_before` exclusive); `search` "
         "looks in the text; `ordering=-sent_at` gives newest first.",
     ),
-    retrieve=extend_schema(summary="Get a message with its edit history"),
+    retrieve=extend_schema(
+        summary="Get a message with its edit history",
+        description="Its earlier texts are in `edits`, oldest first. Any signed-in user.",
+    ),
 )
 class MessageViewSet(viewsets.ReadOnlyModelViewSet):
+    pagination_class = DescribedPageNumberPagination
     permission_classes = [permissions.IsAuthenticated]
     filterset_class = MessageFilter
     search_fields = ["text"]
