@@ -44,7 +44,7 @@ from agents.services import (
     test_agent,
     update_provider,
 )
-from tasktracker.api import DescribedPageNumberPagination, help_texts
+from tasktracker.api import help_texts
 
 TEST_MAX_MESSAGES = 200
 TEST_MAX_TEXT_LENGTH = 10_000
@@ -356,7 +356,6 @@ _IN_USE = OpenApiResponse(description="Still in use; the message says by what.")
 @method_decorator(sensitive_post_parameters("api_key"), name="dispatch")
 class ProviderViewSet(viewsets.ModelViewSet):
     serializer_class = ProviderSerializer
-    pagination_class = DescribedPageNumberPagination
     permission_classes = [IsStaffWithModelPermissions]
     filterset_class = ProviderFilter
     search_fields = ["name", "base_url"]
@@ -440,7 +439,6 @@ class ProviderViewSet(viewsets.ModelViewSet):
 )
 class AgentViewSet(viewsets.ModelViewSet):
     serializer_class = AgentSerializer
-    pagination_class = DescribedPageNumberPagination
     permission_classes = [IsStaffWithModelPermissions]
     filterset_class = AgentFilter
     search_fields = ["name", "model"]
@@ -520,7 +518,6 @@ class AgentViewSet(viewsets.ModelViewSet):
 )
 class TaskConfigViewSet(viewsets.ModelViewSet):
     serializer_class = TaskConfigSerializer
-    pagination_class = DescribedPageNumberPagination
     permission_classes = [IsStaffWithModelPermissions]
     filterset_class = TaskConfigFilter
     search_fields = ["name", "description"]
@@ -564,7 +561,6 @@ class AssignmentViewSet(
     viewsets.GenericViewSet,
 ):
     serializer_class = AssignmentSerializer
-    pagination_class = DescribedPageNumberPagination
     permission_classes = [IsStaffWithModelPermissions]
     filterset_class = AssignmentFilter
     ordering_fields = ["created_at"]

@@ -19,7 +19,7 @@ from analysis.services import cancel_run, close_run, retry_failed_batches, start
 from projects.models import Project
 from sources.api import AwareDateTimeField
 from sources.models import Chat
-from tasktracker.api import DescribedPageNumberPagination, IdFilter, help_texts
+from tasktracker.api import IdFilter, help_texts
 
 
 class BatchSerializer(serializers.ModelSerializer):
@@ -198,7 +198,6 @@ class RunFilter(filters.FilterSet):
 )
 class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = RunSerializer
-    pagination_class = DescribedPageNumberPagination
     permission_classes = [permissions.IsAuthenticated]
     filterset_class = RunFilter
     ordering_fields = ["created_at", "status"]

@@ -37,7 +37,7 @@ from projects.services import (
     rollback_config,
     update_task,
 )
-from tasktracker.api import DescribedPageNumberPagination, IdField, IdFilter, help_texts
+from tasktracker.api import IdField, IdFilter, help_texts
 from tasktracker.exceptions import DomainError
 
 VERSION_PATTERN = r"\d+\.\d+\.\d+"
@@ -397,7 +397,6 @@ class TaskFilter(filters.FilterSet):
 class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     # PATCH and no PUT: a change is a new version, and fields left out keep their value.
     serializer_class = ProjectSerializer
-    pagination_class = DescribedPageNumberPagination
     permission_classes = [permissions.IsAuthenticated, CanCreateProjects]
     lookup_field = "slug"
     lookup_value_regex = r"[-a-zA-Z0-9_]+"
@@ -572,7 +571,6 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 )
 class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = TaskSerializer
-    pagination_class = DescribedPageNumberPagination
     permission_classes = [permissions.IsAuthenticated]
     filterset_class = TaskFilter
     search_fields = ["title", "description"]
@@ -674,7 +672,6 @@ class WebhookViewSet(
     viewsets.GenericViewSet,
 ):
     serializer_class = WebhookSerializer
-    pagination_class = DescribedPageNumberPagination
     permission_classes = [permissions.IsAuthenticated]
     filterset_fields = ["project", "is_active"]
     lookup_value_regex = r"\d+"

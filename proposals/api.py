@@ -41,7 +41,7 @@ from proposals.services import (
 )
 from sources.api import MessageSerializer
 from sources.models import Message
-from tasktracker.api import DescribedPageNumberPagination, IdFilter, help_texts
+from tasktracker.api import IdFilter, help_texts
 
 # Each proposal of a bulk review is its own transaction (and webhook); a request stays short.
 BULK_REVIEW_MAX_PROPOSALS = 500
@@ -398,7 +398,6 @@ class ProposalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     # PATCH and no PUT: a reviewer changes some fields, the others are the LLM's. The
     # actions pass the id to the services, which say 404 or 403 themselves.
     serializer_class = ProposalSerializer
-    pagination_class = DescribedPageNumberPagination
     permission_classes = [permissions.IsAuthenticated, CanReviewProposal]
     filterset_class = ProposalFilter
     search_fields = ["title", "description"]

@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 from sources.models import Chat, Message, MessageEdit
 from sources.selectors import chat_detail, chat_list, message_detail, message_list
 from sources.services import BULK_MAX_MESSAGES, ingest_messages, update_chat
-from tasktracker.api import DescribedPageNumberPagination, IdFilter, help_texts
+from tasktracker.api import IdFilter, help_texts
 from tasktracker.exceptions import DomainError
 
 # Telegram caps a message at 4096 characters and a caption at 1024; the headroom is for
@@ -325,7 +325,6 @@ def _content_length(request: Request) -> int:
 class ChatViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     # PATCH and no PUT (no `update`): a PUT would have to send fields Telegram owns.
     serializer_class = ChatSerializer
-    pagination_class = DescribedPageNumberPagination
     permission_classes = [IsStaffOrReadOnly]
     filterset_class = ChatFilter
     search_fields = ["title"]
@@ -356,7 +355,6 @@ class ChatViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     ),
 )
 class MessageViewSet(viewsets.ReadOnlyModelViewSet):
-    pagination_class = DescribedPageNumberPagination
     permission_classes = [permissions.IsAuthenticated]
     filterset_class = MessageFilter
     search_fields = ["text"]
