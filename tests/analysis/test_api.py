@@ -87,7 +87,7 @@ def test_runs_are_listed_to_their_team_only(setup) -> None:
     client_for(setup["lead"]).post(RUNS, payload(setup), format="json")
     assert client_for(setup["lead"]).get(RUNS).json()["count"] == 1
     assert client_for(UserFactory()).get(RUNS).json()["count"] == 0
-    assert APIClient().get(RUNS).status_code == 403
+    assert APIClient().get(RUNS).status_code == 401
 
 
 def test_the_run_list_costs_the_same_queries_for_more_runs(setup, django_assert_max_num_queries) -> None:

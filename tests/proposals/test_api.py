@@ -102,7 +102,7 @@ def test_a_non_reviewer_lists_nothing(outsider) -> None:
 
 
 def test_an_anonymous_client_is_refused() -> None:
-    assert APIClient().get(PROPOSALS).status_code == 403
+    assert APIClient().get(PROPOSALS).status_code == 401
 
 
 def test_the_list_filters_by_band_status_project_run_and_recommendation(reviewer) -> None:
