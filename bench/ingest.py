@@ -468,8 +468,8 @@ def child_stages(export: Path) -> None:
     import ijson
     from django.db import connection
 
-    from sources import services
     from sources.models import Message
+    from sources.services import export_import as services
 
     connection.ensure_connection()
     stages: dict[str, float] = {}
@@ -545,7 +545,7 @@ def child_profile(export: Path, top: int = 25) -> None:
     import psycopg
     from django.db import connection, transaction
 
-    from sources import services
+    from sources.services import export_import, upsert
 
     connection.ensure_connection()
     profiler = cProfile.Profile()
@@ -564,17 +564,17 @@ def child_profile(export: Path, top: int = 25) -> None:
         entry = entries.get(key(function))
         return entry[2] if entry else 0.0
 
-    total = cumulative(services.import_telegram_export)
+    total = cumulative(export_import.import_telegram_export)
     parts = {
         "reading the file (ijson.items in C: own time of _read_single_chat)": own(
-            services._ExportStream._read_single_chat
+            export_import._ExportStream._read_single_chat
         )
-        + own(services._ExportStream._walk),
-        "message_from_export (times, text, raw copy)": cumulative(services.message_from_export),
-        "upsert_messages, all of it": cumulative(services.upsert_messages),
-        "  existing-rows lookup (_stored_versions)": cumulative(services._stored_versions),
+        + own(export_import._ExportStream._walk),
+        "message_from_export (times, text, raw copy)": cumulative(export_import.message_from_export),
+        "upsert_messages, all of it": cumulative(upsert.upsert_messages),
+        "  existing-rows lookup (_stored_versions)": cumulative(upsert._stored_versions),
         "  COPY (_insert_messages: rows, json.dumps, binary format, server)": cumulative(
-            services._insert_messages
+            upsert._insert_messages
         ),
         "    json.dumps of raw": cumulative(json.dumps),
         "  commit (Atomic.__exit__)": cumulative(transaction.Atomic.__exit__),

@@ -1,26 +1,20 @@
-"""Writes of the `sources` app: chats and messages, whatever path they arrive by.
-
-Every ingestion path (Telegram Desktop export, webhook, polling, API) ends in
-`upsert_messages`, which is idempotent on (chat, Telegram message id): a message seen
-again is left alone, or updated with its previous text kept in `MessageEdit` when it
-was edited since.
-"""
+"""The Telegram Desktop export import: streamed, written in committed chunks."""
 
 import re
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Required, TypedDict
+from typing import IO, Any
 
 import ijson
-from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from sources.models import Chat, Message, MessageEdit, PollingState, TelegramUpdate
-from sources.telegram import MESSAGE_KINDS, chat_fields, message_fields, parse_update, update_kind
+from sources.models import Chat
+from sources.services.chats import get_or_create_chat
+from sources.services.upsert import MessageData, UpsertCounts, upsert_messages
 from tasktracker.exceptions import DomainError
 
 # Messages written per transaction by the export import: a failure mid-file leaves every
@@ -37,24 +31,6 @@ _SCALAR_EVENTS = frozenset({"string", "number", "boolean", "null"})
 # How far into a file the header of a single-chat export is looked for before its messages.
 _SNIFF_BYTES = 1 << 20
 
-# The columns COPY writes, in order (`created_at` and `updated_at` are set explicitly).
-_COPY_FIELDS = (
-    "chat",
-    "telegram_id",
-    "author_id",
-    "author_name",
-    "text",
-    "sent_at",
-    "edited_at",
-    "reply_to_telegram_id",
-    "forwarded_from",
-    "raw",
-    "created_at",
-    "updated_at",
-)
-# Message's UniqueConstraint on (chat, telegram_id).
-_UNIQUE_MESSAGE_CONSTRAINT = "message_unique_per_chat"
-
 _EXPORT_CHAT_TYPES = {
     "personal_chat": Chat.Type.PRIVATE,
     "bot_chat": Chat.Type.PRIVATE,
@@ -68,27 +44,6 @@ _EXPORT_CHAT_TYPES = {
 _PEER_ID = re.compile(r"^[a-z_]*(\d+)$")
 # Bot API ids of supergroups and channels are -100 followed by the MTProto id.
 _CHANNEL_ID_OFFSET = 1_000_000_000_000
-
-
-class MessageData(TypedDict, total=False):
-    """One message in the shape `upsert_messages` writes, whatever its source."""
-
-    telegram_id: Required[int]
-    sent_at: Required[datetime]
-    text: str
-    author_id: int | None
-    author_name: str
-    edited_at: datetime | None
-    reply_to_telegram_id: int | None
-    forwarded_from: str
-    raw: dict[str, Any]
-
-
-@dataclass
-class UpsertCounts:
-    created: int = 0
-    updated: int = 0
-    unchanged: int = 0
 
 
 @dataclass
@@ -116,186 +71,6 @@ class ImportResult:
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
-
-
-@transaction.atomic
-def get_or_create_chat(*, telegram_id: int, title: str, type: str, username: str = "") -> Chat:
-    """The chat with this Bot API id, created if new. A changed title, type or username is
-    written over the stored one (chats get renamed); an empty one never erases it."""
-    chat, created = Chat.objects.select_for_update().get_or_create(
-        telegram_id=telegram_id,
-        defaults={"title": title[:255], "type": type, "username": username[:64]},
-    )
-    if created:
-        return chat
-    changes = {"title": title[:255], "type": type, "username": username[:64]}
-    changed = [name for name, value in changes.items() if value and getattr(chat, name) != value]
-    for name in changed:
-        setattr(chat, name, changes[name])
-    if changed:
-        chat.save(update_fields=[*changed, "updated_at"])
-    return chat
-
-
-@transaction.atomic
-def upsert_messages(*, chat: Chat, messages: list[MessageData]) -> UpsertCounts:
-    """Store a chunk of messages of one chat in one transaction, idempotently.
-
-    New messages are inserted in bulk. A stored message whose text or edit time differs
-    is updated and its previous text recorded as a `MessageEdit`, unless the incoming
-    copy is older than the stored one (an old export imported after the webhook saw a
-    later edit), which is counted unchanged rather than rolling the text back. A message
-    stored by another path (the webhook) between the lookup and the insert is compared
-    with that copy like any stored one, not counted as created.
-    """
-    # The last copy of a message wins when a chunk holds it twice.
-    incoming = {m["telegram_id"]: m for m in messages}
-    stored = _stored_versions(chat_id=chat.pk, telegram_ids=incoming.keys())
-    new = [data for telegram_id, data in incoming.items() if telegram_id not in stored]
-    while new:
-        try:
-            _insert_messages(chat_id=chat.pk, messages=new)
-            break
-        except IntegrityError as exc:
-            # PostgreSQL's COPY met a message stored by another path since the lookup, and
-            # the savepoint undid it. The rows that took the keys are committed, so a new
-            # lookup sees them: each retry has fewer messages to insert.
-            diag = getattr(exc.__cause__, "diag", None)
-            if getattr(diag, "constraint_name", None) != _UNIQUE_MESSAGE_CONSTRAINT:
-                raise
-            raced = _stored_versions(chat_id=chat.pk, telegram_ids={m["telegram_id"] for m in new})
-            if not raced:
-                raise
-            stored.update(raced)
-            new = [data for data in new if data["telegram_id"] not in raced]
-    counts = _update_changed(stored=stored, incoming=incoming)
-    counts.created = len(new)
-    return counts
-
-
-def _insert_messages(*, chat_id: int, messages: list[MessageData]) -> None:
-    """Insert messages not stored yet. On PostgreSQL by COPY, in a savepoint: when a
-    message was stored meanwhile by another path, it raises `IntegrityError` having
-    written nothing."""
-    now = timezone.now()
-    if connection.vendor != "postgresql":
-        # SQLite runs every transaction IMMEDIATE (see settings): nothing can be stored
-        # between the lookup and this insert, so no conflict is ignored here.
-        Message.objects.bulk_create(
-            [
-                Message(
-                    chat_id=chat_id,
-                    telegram_id=data["telegram_id"],
-                    author_id=data.get("author_id"),
-                    author_name=data.get("author_name", "")[:255],
-                    text=data.get("text", ""),
-                    sent_at=data["sent_at"],
-                    edited_at=data.get("edited_at"),
-                    reply_to_telegram_id=data.get("reply_to_telegram_id"),
-                    forwarded_from=data.get("forwarded_from", "")[:255],
-                    raw=data.get("raw", {}),
-                    created_at=now,
-                    updated_at=now,
-                )
-                for data in messages
-            ],
-            ignore_conflicts=True,
-        )
-        return
-    quote_name = connection.ops.quote_name
-    fields = [Message._meta.get_field(name) for name in _COPY_FIELDS]
-    columns = ", ".join(quote_name(field.column) for field in fields)
-    # Binary: the text format escapes every quote and backslash of the text and the JSON,
-    # at twice the cost. psycopg dumps `raw` with json.dumps, as the JSONField does.
-    statement = f"COPY {quote_name(Message._meta.db_table)} ({columns}) FROM STDIN (FORMAT BINARY)"
-    # Django's cursor has no COPY; psycopg's under it does.
-    with (
-        transaction.atomic(),
-        connection.cursor() as cursor,
-        connection.wrap_database_errors,
-        cursor.cursor.copy(statement) as copy,
-    ):
-        # Type names without modifiers: psycopg knows "varchar", not "varchar(255)".
-        copy.set_types([field.db_type(connection).split("(")[0] for field in fields])
-        write_row = copy.write_row
-        for data in messages:
-            write_row(
-                (
-                    chat_id,
-                    data["telegram_id"],
-                    data.get("author_id"),
-                    data.get("author_name", "")[:255],
-                    data.get("text", ""),
-                    data["sent_at"],
-                    data.get("edited_at"),
-                    data.get("reply_to_telegram_id"),
-                    data.get("forwarded_from", "")[:255],
-                    data.get("raw", {}),
-                    now,
-                    now,
-                )
-            )
-
-
-def _update_changed(
-    *, stored: dict[int, tuple[int, str, datetime | None]], incoming: dict[int, MessageData]
-) -> UpsertCounts:
-    """Update the stored messages whose incoming copy is newer, keeping their previous
-    text as a `MessageEdit`; count the others unchanged."""
-    counts = UpsertCounts()
-    with_raw: list[Message] = []
-    without_raw: list[Message] = []
-    edits: list[MessageEdit] = []
-    now = timezone.now()
-    for telegram_id, (pk, stored_text, stored_edited_at) in stored.items():
-        data = incoming[telegram_id]
-        text = data.get("text", "")
-        edited_at = data.get("edited_at")
-        is_stale = stored_edited_at is not None and (edited_at is None or edited_at < stored_edited_at)
-        if is_stale or (stored_text == text and stored_edited_at == edited_at):
-            counts.unchanged += 1
-            continue
-        edits.append(
-            MessageEdit(
-                message_id=pk,
-                previous_text=stored_text,
-                previous_edited_at=stored_edited_at,
-                edited_at=edited_at,
-            )
-        )
-        if "raw" in data:
-            with_raw.append(Message(pk=pk, text=text, edited_at=edited_at, raw=data["raw"], updated_at=now))
-        else:
-            without_raw.append(Message(pk=pk, text=text, edited_at=edited_at, updated_at=now))
-    if with_raw:
-        Message.objects.bulk_update(with_raw, ["text", "edited_at", "raw", "updated_at"])
-    if without_raw:
-        Message.objects.bulk_update(without_raw, ["text", "edited_at", "updated_at"])
-    MessageEdit.objects.bulk_create(edits)
-    counts.updated = len(edits)
-    return counts
-
-
-def _stored_versions(
-    *, chat_id: int, telegram_ids: Collection[int]
-) -> dict[int, tuple[int, str, datetime | None]]:
-    """The pk, text and edit time of the stored messages among `telegram_ids`."""
-    if not telegram_ids:
-        return {}
-    # Unordered: the model's ordering makes the planner walk the (chat, sent_at) index.
-    rows = Message.objects.filter(chat_id=chat_id).order_by()
-    low, high = min(telegram_ids), max(telegram_ids)
-    # An export's chunk is a dense run of ids: a range scan of the unique index costs a
-    # tenth of an `IN` of 1,000 parameters, and the few extra rows it may read are dropped.
-    if high - low < 2 * len(telegram_ids):
-        rows = rows.filter(telegram_id__range=(low, high))
-    else:
-        rows = rows.filter(telegram_id__in=list(telegram_ids))
-    return {
-        telegram_id: (pk, text, edited_at)
-        for telegram_id, pk, text, edited_at in rows.values_list("telegram_id", "pk", "text", "edited_at")
-        if telegram_id in telegram_ids
-    }
 
 
 def bot_api_chat_id(*, export_id: int, chat_type: str) -> int:
@@ -627,114 +402,3 @@ def import_telegram_export(
     if chat_telegram_id is not None and not stream.found_selected:
         raise DomainError(f"The export has no chat with id {chat_telegram_id}.", code="export_chat_not_found")
     return result
-
-
-@dataclass(frozen=True)
-class UpdateOutcome:
-    """What one Bot API update did: `stored` (created or updated a message), `duplicate`
-    (this update_id was seen before) or `skipped` (a kind that carries no chat message)."""
-
-    result: str
-    kind: str
-    message_id: int | None = None
-
-
-@transaction.atomic
-def ingest_update(*, data: dict[str, Any]) -> UpdateOutcome:
-    """Store one Bot API update, once per update_id (Telegram retries deliveries for a day).
-
-    Messages, channel posts and their edits go through `upsert_messages`; an edit updates
-    the text and `edited_at` and keeps the previous text. Other kinds are remembered as
-    seen and skipped. Raises `DomainError` for a payload that is not an update.
-    """
-    if not isinstance(data, dict) or type(data.get("update_id")) is not int:
-        raise DomainError("An update must be a JSON object with an integer update_id.", code="invalid_update")
-    kind = update_kind(data)
-    # Other kinds are not parsed at all: a newer Bot API shape of them must not fail us.
-    message = None
-    if kind in MESSAGE_KINDS:
-        try:
-            message = parse_update(data).effective_message
-        except ValueError as exc:
-            raise DomainError(str(exc), code="invalid_update") from exc
-    _, created = TelegramUpdate.objects.get_or_create(update_id=data["update_id"], defaults={"kind": kind})
-    if not created:
-        return UpdateOutcome(result="duplicate", kind=kind)
-    if message is None:
-        return UpdateOutcome(result="skipped", kind=kind)
-    chat = get_or_create_chat(**chat_fields(message.chat))
-    upsert_messages(chat=chat, messages=[message_fields(message, raw=data)])
-    return UpdateOutcome(result="stored", kind=kind, message_id=message.message_id)
-
-
-@transaction.atomic
-def ingest_polled_update(*, bot_id: int, data: dict[str, Any]) -> UpdateOutcome:
-    """Store one update read by long polling and move the bot's offset past it, together:
-    a restart resumes after the last stored update, neither losing nor repeating one."""
-    outcome = ingest_update(data=data)
-    state, _ = PollingState.objects.select_for_update().get_or_create(bot_id=bot_id)
-    if data["update_id"] > state.last_update_id:
-        state.last_update_id = data["update_id"]
-        state.save(update_fields=["last_update_id", "updated_at"])
-    return outcome
-
-
-def polling_offset(*, bot_id: int) -> int | None:
-    """The getUpdates offset that confirms every update stored so far (None: start afresh)."""
-    last = PollingState.objects.filter(bot_id=bot_id).values_list("last_update_id", flat=True).first()
-    return last + 1 if last else None
-
-
-# At most this many messages per `ingest_messages` call (and so per API request): one
-# transaction stays short, and a client's retry of a failed batch stays cheap.
-BULK_MAX_MESSAGES = 1000
-
-
-class ChatData(TypedDict, total=False):
-    """A chat in the shape `get_or_create_chat` takes, as an integration sends it."""
-
-    telegram_id: Required[int]
-    type: Required[str]
-    title: str
-    username: str
-
-
-@transaction.atomic
-def ingest_messages(*, chat: ChatData, messages: list[MessageData]) -> UpsertCounts:
-    """Store messages of one chat sent by an integration: the chat is got or created (a
-    changed title written over the stored one) and the messages upserted, all in one
-    transaction, so a failure writes nothing. Idempotent like `upsert_messages`.
-
-    Raises `DomainError` for more than `BULK_MAX_MESSAGES` messages or a Telegram id given
-    twice: unlike an export, where the last copy wins, a batch naming one message twice
-    says two different things about it. The API validates both before calling.
-    """
-    if len(messages) > BULK_MAX_MESSAGES:
-        raise DomainError(
-            f"At most {BULK_MAX_MESSAGES} messages per batch; {len(messages)} were given.",
-            code="too_many_messages",
-        )
-    ids = [m["telegram_id"] for m in messages]
-    if len(set(ids)) != len(ids):
-        raise DomainError("A batch names a Telegram message id twice.", code="duplicate_message")
-    stored_chat = get_or_create_chat(
-        telegram_id=chat["telegram_id"],
-        title=chat.get("title", ""),
-        type=chat["type"],
-        username=chat.get("username", ""),
-    )
-    return upsert_messages(chat=stored_chat, messages=messages)
-
-
-@transaction.atomic
-def update_chat(*, chat: Chat, title: str | None = None, is_active: bool | None = None) -> Chat:
-    """Rename a chat or switch it on or off (`None` leaves a field as it is). A chat
-    switched off keeps storing its messages; runs skip it. A title set here lasts until
-    Telegram reports a new one (`get_or_create_chat` writes renames over it)."""
-    changes = {"title": title, "is_active": is_active}
-    changed = [name for name, value in changes.items() if value is not None and getattr(chat, name) != value]
-    for name in changed:
-        setattr(chat, name, changes[name])
-    if changed:
-        chat.save(update_fields=[*changed, "updated_at"])
-    return chat
