@@ -64,7 +64,7 @@ REFERENCE_COLUMNS = (
 )
 BACKEND_NAMES = {"sqlite": "sqlite", "postgres": "postgresql", "postgresql": "postgresql"}
 # What each backend runs, in table order. The ratio is to "reference"; "reference-indexed"
-# adds the rest of sources_message's schema (three indexes, a deferred foreign key), to show
+# adds the rest of sources_message's schema (two indexes, a deferred foreign key), to show
 # what the server alone costs for the real table.
 KINDS = {
     "postgresql": {
@@ -378,7 +378,7 @@ def reference_rows(export: Path, counter: list[int]) -> Iterator[tuple[Any, ...]
 
 def child_reference_postgres(export: Path, url: str, *, indexed: bool = False) -> None:
     """COPY into a table with the unique key only or, `indexed`, with the rest of the
-    schema of `sources_message` too: its indexes (chat, sent_at), (sent_at) and (chat), and
+    schema of `sources_message` too: its indexes (chat, sent_at) and (sent_at), and
     its deferred foreign key to a chat table, checked row by row at commit. The second shows
     what the server alone costs for the real table."""
     import psycopg
@@ -399,7 +399,6 @@ def child_reference_postgres(export: Path, url: str, *, indexed: bool = False) -
         if indexed:
             connection.execute("CREATE INDEX ON bench_messages (chat_id, sent_at)")
             connection.execute("CREATE INDEX ON bench_messages (sent_at)")
-            connection.execute("CREATE INDEX ON bench_messages (chat_id)")
             connection.execute("CREATE TABLE bench_chats (id bigint PRIMARY KEY)")
             connection.execute("INSERT INTO bench_chats VALUES (%s)", [BOT_API_CHAT_ID])
             connection.execute(
@@ -468,8 +467,8 @@ def child_stages(export: Path) -> None:
     import ijson
     from django.db import connection
 
-    from sources import services
     from sources.models import Message
+    from sources.services import export_import as services
 
     connection.ensure_connection()
     stages: dict[str, float] = {}
@@ -545,7 +544,7 @@ def child_profile(export: Path, top: int = 25) -> None:
     import psycopg
     from django.db import connection, transaction
 
-    from sources import services
+    from sources.services import export_import, upsert
 
     connection.ensure_connection()
     profiler = cProfile.Profile()
@@ -564,17 +563,17 @@ def child_profile(export: Path, top: int = 25) -> None:
         entry = entries.get(key(function))
         return entry[2] if entry else 0.0
 
-    total = cumulative(services.import_telegram_export)
+    total = cumulative(export_import.import_telegram_export)
     parts = {
         "reading the file (ijson.items in C: own time of _read_single_chat)": own(
-            services._ExportStream._read_single_chat
+            export_import._ExportStream._read_single_chat
         )
-        + own(services._ExportStream._walk),
-        "message_from_export (times, text, raw copy)": cumulative(services.message_from_export),
-        "upsert_messages, all of it": cumulative(services.upsert_messages),
-        "  existing-rows lookup (_stored_versions)": cumulative(services._stored_versions),
+        + own(export_import._ExportStream._walk),
+        "message_from_export (times, text, raw copy)": cumulative(export_import.message_from_export),
+        "upsert_messages, all of it": cumulative(upsert.upsert_messages),
+        "  existing-rows lookup (_stored_versions)": cumulative(upsert._stored_versions),
         "  COPY (_insert_messages: rows, json.dumps, binary format, server)": cumulative(
-            services._insert_messages
+            upsert._insert_messages
         ),
         "    json.dumps of raw": cumulative(json.dumps),
         "  commit (Atomic.__exit__)": cumulative(transaction.Atomic.__exit__),

@@ -241,7 +241,7 @@ def test_a_rerun_after_a_failure_mid_file_continues_from_the_committed_chunks(tm
     count = IMPORT_CHUNK_SIZE + 5
     text = json.dumps(chat_export([message(i, f"message {i}") for i in range(1, count + 1)]))
     cut = tmp_path / "cut.json"
-    cut.write_text(text[: text.index('"id": 1003,')])
+    cut.write_text(text[: text.index(f'"id": {IMPORT_CHUNK_SIZE + 3},')])
 
     with pytest.raises(DomainError, match="cut short"):
         import_telegram_export(path_or_file=cut)

@@ -1,6 +1,8 @@
 """`upsert_messages` and the export import's write path: the id-range lookup, updates,
-PostgreSQL's COPY meeting a message stored meanwhile, chunks committed on their own."""
+PostgreSQL's COPY meeting a message stored meanwhile, chunks committed on their own by
+the import's writing thread."""
 
+import gc
 import io
 import json
 import threading
@@ -14,6 +16,7 @@ from django.db import connection, transaction
 
 from sources.models import Chat, Message, MessageEdit
 from sources.services import IMPORT_CHUNK_SIZE, MessageData, import_telegram_export, upsert_messages
+from tasktracker.exceptions import DomainError
 from tests.factories import ChatFactory
 from tests.sources.test_import_export import chat_export, message
 
@@ -180,3 +183,43 @@ def test_a_message_stored_by_another_path_during_the_insert_is_not_counted_creat
     assert waited == [True]
     assert counts(result) == (2, 0, 1)
     assert sorted(Message.objects.values_list("telegram_id", flat=True)) == [1, 2, 3]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_progress_sees_each_chunk_committed_and_may_query_the_database(tmp_path: Path) -> None:
+    # Chunks are written by a thread of the import on the caller's connection; `progress`
+    # runs in the caller's thread between two chunks, when that connection is free.
+    count = IMPORT_CHUNK_SIZE + 3
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(chat_export([message(i, f"message {i}") for i in range(1, count + 1)])))
+    stored: list[int] = []
+
+    import_telegram_export(path_or_file=path, progress=lambda r: stored.append(Message.objects.count()))
+
+    assert stored == [IMPORT_CHUNK_SIZE, count]
+
+
+def test_an_import_inside_a_transaction_is_undone_with_it(tmp_path: Path) -> None:
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(chat_export([message(i, f"message {i}") for i in range(1, 4)])))
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        import_telegram_export(path_or_file=path)
+        assert Message.objects.count() == 3
+        raise RuntimeError("the caller fails after the import")
+
+    assert not Message.objects.exists()
+    assert not Chat.objects.exists()
+
+
+def test_the_garbage_collector_is_on_again_after_an_import_even_a_failed_one(tmp_path: Path) -> None:
+    good = tmp_path / "result.json"
+    good.write_text(json.dumps(chat_export([message(1, "hello")])))
+    cut = tmp_path / "cut.json"
+    cut.write_text(good.read_text()[:-20])
+
+    import_telegram_export(path_or_file=good)
+    assert gc.isenabled()
+    with pytest.raises(DomainError):
+        import_telegram_export(path_or_file=cut)
+    assert gc.isenabled()
