@@ -1,12 +1,15 @@
 """`upsert_messages`, where every ingestion path ends, and the integrations' bulk ingest."""
 
+import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Required, TypedDict
 
+import orjson
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
+from psycopg.types.json import set_json_dumps
 
 from sources.models import Chat, Message, MessageEdit
 from sources.services.chats import get_or_create_chat
@@ -26,6 +29,10 @@ _COPY_FIELDS = (
     "raw",
     "created_at",
     "updated_at",
+)
+# orjson leaves to `_dump_raw`'s fallback what json.dumps would write differently or refuse.
+_ORJSON_STRICT = (
+    orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
 )
 # Message's UniqueConstraint on (chat, telegram_id).
 _UNIQUE_MESSAGE_CONSTRAINT = "message_unique_per_chat"
@@ -121,7 +128,7 @@ def _insert_messages(*, chat_id: int, messages: list[MessageData]) -> None:
     fields = [Message._meta.get_field(name) for name in _COPY_FIELDS]
     columns = ", ".join(quote_name(field.column) for field in fields)
     # Binary: the text format escapes every quote and backslash of the text and the JSON,
-    # at twice the cost. psycopg dumps `raw` with json.dumps, as the JSONField does.
+    # at twice the cost.
     statement = f"COPY {quote_name(Message._meta.db_table)} ({columns}) FROM STDIN (FORMAT BINARY)"
     # Django's cursor has no COPY; psycopg's under it does.
     with (
@@ -130,6 +137,8 @@ def _insert_messages(*, chat_id: int, messages: list[MessageData]) -> None:
         connection.wrap_database_errors,
         cursor.cursor.copy(statement) as copy,
     ):
+        # `raw` encoded by orjson, for this cursor only: a third of json.dumps's time.
+        set_json_dumps(_dump_raw, context=cursor.cursor)
         # Type names without modifiers: psycopg knows "varchar", not "varchar(255)".
         copy.set_types([field.db_type(connection).split("(")[0] for field in fields])
         write_row = copy.write_row
@@ -150,6 +159,16 @@ def _insert_messages(*, chat_id: int, messages: list[MessageData]) -> None:
                     now,
                 )
             )
+
+
+def _dump_raw(value: Any) -> bytes | str:
+    """JSON for a `raw` copy: orjson's, or json.dumps's (as the JSONField writes it) for what
+    orjson refuses or would write otherwise, such as an int beyond 64 bits, a key that is
+    not a string, a str or int subclass, a datetime. Both give jsonb the same value."""
+    try:
+        return orjson.dumps(value, option=_ORJSON_STRICT)
+    except orjson.JSONEncodeError:
+        return json.dumps(value)
 
 
 def _update_changed(

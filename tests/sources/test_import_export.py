@@ -253,3 +253,22 @@ def test_a_rerun_after_a_failure_mid_file_continues_from_the_committed_chunks(tm
 
     assert (result.created, result.unchanged) == (5, IMPORT_CHUNK_SIZE)
     assert Message.objects.count() == count
+
+
+def test_the_stored_raw_copy_is_the_export_message_without_its_text_entities(tmp_path: Path) -> None:
+    exported = message(
+        2,
+        [{"type": "bold", "text": "Crash"}, ' on "Pay" \\ tap\n', {"type": "custom_emoji", "text": "🔥"}],
+        forwarded_from="Équipe Paiements",
+        reactions=[{"type": "emoji", "count": 3, "emoji": "👍", "recent": []}],
+        duration_seconds=12.5,
+        ratio=0.1,
+        is_pinned=True,
+        via_bot=None,
+        tab="a\tb\u0001c",
+    )
+    exported["text_entities"] = [{"type": "bold", "text": "Crash"}]
+    import_telegram_export(path_or_file=write(tmp_path, chat_export([exported])))
+
+    expected = {key: value for key, value in exported.items() if key != "text_entities"}
+    assert Message.objects.get(telegram_id=2).raw == expected

@@ -73,6 +73,16 @@ def test_an_edit_without_a_raw_copy_keeps_the_stored_one() -> None:
     assert (stored.text, stored.raw) == ("final", {"id": 1, "text": "draft"})
 
 
+def test_a_raw_copy_is_stored_as_the_json_field_writes_it() -> None:
+    chat = ChatFactory()
+    raw = {"update_id": 1, "big": 2**70, 7: "key that is not a string", "text": 'naïve ✓ "q" \\'}
+
+    upsert_messages(chat=chat, messages=[data(1, raw=raw)])
+
+    expected = {"update_id": 1, "big": 2**70, "7": "key that is not a string", "text": 'naïve ✓ "q" \\'}
+    assert Message.objects.get().raw == expected
+
+
 def test_the_same_message_twice_in_a_chunk_is_stored_once_as_its_last_copy() -> None:
     chat = ChatFactory()
 
