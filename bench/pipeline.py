@@ -66,7 +66,7 @@ GOAL_TOKEN_RATIO = 2.0
 # What OpenAI's chat format adds to a request: 3 tokens per message (two here) and 3 to prime
 # the answer (the OpenAI cookbook's count for gpt-4o-class models).
 CHAT_FORMAT_TOKENS = 3 * 2 + 3
-PROMPT_LINE = re.compile(r"^#(\d+) (\d\d:\d\d)(?: >(\d+))? ([^:]*): (.*)$")
+PROMPT_LINE = re.compile(r"^#(\d+)(?: (\d\d:\d\d))?(?: >(\d+))? ([^:]*): (.*)$")
 
 
 # --- The chat ----------------------------------------------------------------------------------
@@ -616,10 +616,8 @@ WHAT_IFS = (
     "as sent",
     "+ ids numbered 1..n within the batch (mapped back on save)",
     "+ authors by first name",
-    "+ HH:MM only on a line 10 minutes or more after the last shown",
     "+ the schema without its descriptions (the instructions give them)",
 )
-SPARSE_TIME_MINUTES = 10
 
 
 def _strip_descriptions(value: Any) -> Any:
@@ -630,14 +628,12 @@ def _strip_descriptions(value: Any) -> Any:
     return value
 
 
-def _rewritten_user_prompt(user: str, *, local_ids: bool, first_names: bool, sparse_times: bool) -> str:
+def _rewritten_user_prompt(user: str, *, local_ids: bool, first_names: bool) -> str:
     numbers: dict[str, str] = {}
-    shown: int | None = None  # minutes of the day of the last time shown
     lines = []
     for line in user.split("\n"):
         match = PROMPT_LINE.match(line)
         if not match:
-            shown = None if line.startswith("== ") else shown
             lines.append(line)
             continue
         pk, hhmm, reply, author, text = match.groups()
@@ -646,13 +642,7 @@ def _rewritten_user_prompt(user: str, *, local_ids: bool, first_names: bool, spa
             reply = numbers.get(reply, reply) if reply else reply
         if first_names:
             author = author.split()[0] if author.split() else author
-        stamp = f" {hhmm}"
-        if sparse_times:
-            minutes = int(hhmm[:2]) * 60 + int(hhmm[3:])
-            if shown is not None and minutes - shown < SPARSE_TIME_MINUTES:
-                stamp = ""
-            else:
-                shown = minutes
+        stamp = f" {hhmm}" if hhmm else ""
         lines.append(f"#{pk}{stamp}{f' >{reply}' if reply else ''} {author}: {text}")
     return "\n".join(lines)
 
@@ -694,15 +684,13 @@ def prompt_tokens(requests: list[dict[str, Any]], kept_texts: list[str]) -> dict
         parts["line breaks"] += user_tokens - measured
 
         fixed = system_tokens + CHAT_FORMAT_TOKENS
-        local = _rewritten_user_prompt(user, local_ids=True, first_names=False, sparse_times=False)
-        short = _rewritten_user_prompt(user, local_ids=True, first_names=True, sparse_times=False)
-        sparse = _rewritten_user_prompt(user, local_ids=True, first_names=True, sparse_times=True)
+        local = _rewritten_user_prompt(user, local_ids=True, first_names=False)
+        short = _rewritten_user_prompt(user, local_ids=True, first_names=True)
         lean_schema = count_tokens(json.dumps(_strip_descriptions(response_format))) if response_format else 0
         what_if[WHAT_IFS[0]] += fixed + schema_tokens + user_tokens
         what_if[WHAT_IFS[1]] += fixed + schema_tokens + count_tokens(local)
         what_if[WHAT_IFS[2]] += fixed + schema_tokens + count_tokens(short)
-        what_if[WHAT_IFS[3]] += fixed + schema_tokens + count_tokens(sparse)
-        what_if[WHAT_IFS[4]] += fixed + lean_schema + count_tokens(sparse)
+        what_if[WHAT_IFS[3]] += fixed + lean_schema + count_tokens(short)
     total = sum(parts.values())
     content = sum(count_tokens(text) for text in kept_texts)
     return {
