@@ -15,7 +15,7 @@ from celery.schedules import ParseException, crontab
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Case, CharField, F, Q, Subquery, TextField, Value, When
 from django.utils import timezone
 
 from agents.llm import LLMError, LLMUsage, complete_json
@@ -27,7 +27,7 @@ from analysis.models import AnalysisRun, Batch
 from analysis.pipeline import PipelineMessage, create_batches, prefilter_messages
 from projects.models import Project, ProjectConfig
 from proposals.models import TaskProposal, confidence_band
-from proposals.services import ProposalData, create_proposal
+from proposals.services import NewProposal, ProposalData, create_proposals
 from sources.models import Message
 from tasktracker.exceptions import DomainError
 from tasktracker.realtime import broadcast
@@ -58,9 +58,13 @@ def transition_run(*, run_id: int, to: str, **fields: Any) -> bool:
 def emit(run_id: int, event: str) -> None:
     """Number and send a run event after commit, with the run's counters as data."""
     AnalysisRun.objects.filter(pk=run_id).update(event_seq=F("event_seq") + 1)
-    run = AnalysisRun.objects.get(pk=run_id)
+    _announce(AnalysisRun.objects.get(pk=run_id), event)
+
+
+def _announce(run: AnalysisRun, event: str) -> None:
+    """Send `event` with the state of `run`, read after its event_seq was bumped, on commit."""
     data = run_state(run)
-    transaction.on_commit(lambda: broadcast(run_group(run_id), event, data, seq=run.event_seq))
+    transaction.on_commit(lambda: broadcast(run_group(run.pk), event, data, seq=run.event_seq))
 
 
 def run_state(run: AnalysisRun) -> dict[str, Any]:
@@ -173,6 +177,9 @@ def start_run(
 
 # The pipeline
 
+# What the pipeline reads of a message (not its raw update, often kilobytes).
+PROMPT_FIELDS = ("pk", "chat_id", "telegram_id", "author_name", "text", "sent_at", "reply_to_telegram_id")
+
 
 def fetch_messages(*, run: AnalysisRun) -> list[Message]:
     """The messages of the run's window in the active chats its projects read."""
@@ -188,7 +195,7 @@ def fetch_messages(*, run: AnalysisRun) -> list[Message]:
             sent_at__lt=run.window_end,
         )
         .order_by("sent_at", "pk")
-        .only("pk", "chat_id", "telegram_id", "author_name", "text", "sent_at", "reply_to_telegram_id")
+        .only(*PROMPT_FIELDS)
     )
 
 
@@ -246,17 +253,17 @@ def plan_run(*, run_id: int) -> list[int]:
 
 
 def claim_batch(*, batch_id: int, claim_id: str) -> Batch | None:
-    """Take a pending batch (or one this same task held when its worker died). A batch
-    tried `ANALYSIS_MAX_BATCH_ATTEMPTS` times is failed instead of tried again.
+    """Take a pending batch of a running run (or one this same task held when its worker
+    died). A batch tried `ANALYSIS_MAX_BATCH_ATTEMPTS` times is failed instead of tried again.
 
-    The claim is one UPDATE on the batch row alone, so PostgreSQL re-checks its
-    condition on the row's newest version when two deliveries race (a join or subquery
-    in the WHERE would be evaluated on a stale snapshot and let both win).
+    The claim is one UPDATE whose WHERE tests the batch row's own columns (the run's status
+    through a plain subquery on `run_id`, no join), so PostgreSQL re-checks the batch's
+    condition on the row's newest version when two deliveries race (a join would make
+    Django select the row in a subquery on a stale snapshot and let both win).
     """
-    if not AnalysisRun.objects.filter(batches=batch_id, status=Status.RUNNING).exists():
-        return None
     claimable = Q(status=Batch.Status.PENDING) | Q(status=Batch.Status.RUNNING, claim_id=claim_id)
-    claimed = Batch.objects.filter(claimable, pk=batch_id).update(
+    running = AnalysisRun.objects.filter(status=Status.RUNNING).values("pk")
+    claimed = Batch.objects.filter(claimable, pk=batch_id, run_id__in=Subquery(running)).update(
         status=Batch.Status.RUNNING, claim_id=claim_id, attempts=F("attempts") + 1, started_at=timezone.now()
     )
     if not claimed:
@@ -284,7 +291,9 @@ def process_batch(*, batch_id: int, claim_id: str) -> None:
         return
     run = batch.run
     agent, task_config = run.assignment.agent, run.assignment.task_config
-    messages = {m.pk: m for m in Message.objects.filter(pk__in=batch.message_ids).order_by()}
+    messages = {
+        m.pk: m for m in Message.objects.filter(pk__in=batch.message_ids).order_by().only(*PROMPT_FIELDS)
+    }
     ordered = [messages[pk] for pk in batch.message_ids if pk in messages]
     projects = run.config_snapshot.get("projects", [])
     context = {
@@ -328,7 +337,9 @@ def _commit_batch(
     error: str = "",
     kind: str = "",
 ) -> None:
-    """Commit a batch's outcome, its proposals and the run's counters in one transaction."""
+    """Commit a batch's outcome, its proposals and the run's counters in one transaction,
+    and send one run event for it on commit (the run's completion, when this batch was
+    its last). Its queries do not depend on the number of messages or proposals."""
     locked = Batch.objects.select_for_update().get(pk=batch.pk)
     if locked.status != Batch.Status.RUNNING or locked.claim_id != claim_id:
         # Another delivery holds or finished the batch (its claim was released as stale
@@ -360,13 +371,22 @@ def _commit_batch(
         completion_tokens=F("completion_tokens") + usage.completion_tokens,
         llm_seconds=F("llm_seconds") + usage.latency_seconds,
         cost=F("cost") + usage.cost,
+        event_seq=F("event_seq") + 1,
     )
     if not failed:
-        run.messages.add(*batch.message_ids)
-    emit(run.pk, "progress_updated")
-    if created:
-        emit(run.pk, "proposals_created")
-    finish_run_if_done(run_id=run.pk)
+        # A reply's parent repeated at the head of the next batch is already there.
+        RunMessage = AnalysisRun.messages.through
+        RunMessage.objects.bulk_create(
+            (RunMessage(analysisrun_id=run.pk, message_id=pk) for pk in batch.message_ids),
+            ignore_conflicts=True,
+        )
+    finished = _finish_if_done(run_id=run.pk)
+    state = AnalysisRun.objects.get(pk=run.pk)
+    if finished:
+        event = FINISH_EVENTS[state.status]
+    else:
+        event = "proposals_created" if created else "progress_updated"
+    _announce(state, event)
 
 
 def _due_date(value: Any) -> date | None:
@@ -381,14 +401,17 @@ def save_proposals(
 ) -> tuple[list[TaskProposal], list[str]]:
     """Validate and save an answer's proposals. Returns the saved ones and the reasons
     the others were rejected (ids outside the batch, an unknown project, a bad confidence)."""
+    items = answer.get("proposals", [])
+    if not items:
+        return [], []
     projects = {
         p.slug: p
         for p in run.projects.prefetch_related("memberships__user").select_related("default_assignee")
     }
     in_batch = set(batch.message_ids)
-    created: list[TaskProposal] = []
+    new: list[NewProposal] = []
     rejected: list[str] = []
-    for index, item in enumerate(answer.get("proposals", [])):
+    for index, item in enumerate(items):
         ids = [i for i in item.get("source_message_ids", []) if isinstance(i, int)]
         outside = [i for i in ids if i not in in_batch]
         if not ids or outside:
@@ -416,17 +439,15 @@ def save_proposals(
             recommendation=item.get("recommendation") or TaskProposal.Recommendation.NEW_TASK,
             assignee_name=str(item.get("assignee") or ""),
         )
-        created.append(
-            create_proposal(
+        new.append(
+            NewProposal(
                 project=project,
                 data=data,
                 source_messages=[messages[i] for i in ids if i in messages],
                 suggested_assignee=_assignee(project, data.assignee_name),
-                run=run,
-                batch=batch,
             )
         )
-    return created, rejected
+    return create_proposals(proposals=new, run=run, batch=batch), rejected
 
 
 def _assignee(project: Project, name: str) -> Any:
@@ -445,17 +466,37 @@ def _assignee(project: Project, name: str) -> Any:
     return project.default_assignee
 
 
-def finish_run_if_done(*, run_id: int) -> None:
+FINISH_EVENTS = {Status.COMPLETED: "run_completed", Status.FAILED: "run_failed"}
+
+
+def _finish_if_done(*, run_id: int) -> bool:
     """Complete the run once every batch is done or failed (failed if none succeeded).
     Decided by one conditional UPDATE, so exactly one batch's commit does it."""
-    all_in = Q(pk=run_id, status=Status.RUNNING, batches_total=F("batches_done") + F("batches_failed"))
-    now = timezone.now()
-    if AnalysisRun.objects.filter(all_in, batches_done=0, batches_total__gt=0).update(
-        status=Status.FAILED, finished_at=now, error="Every batch failed."
-    ):
-        emit(run_id, "run_failed")
-    elif AnalysisRun.objects.filter(all_in).update(status=Status.COMPLETED, finished_at=now):
-        emit(run_id, "run_completed")
+    none_done = Q(batches_done=0, batches_total__gt=0)
+    return bool(
+        AnalysisRun.objects.filter(
+            pk=run_id, status=Status.RUNNING, batches_total=F("batches_done") + F("batches_failed")
+        ).update(
+            status=Case(
+                When(none_done, then=Value(Status.FAILED)),
+                default=Value(Status.COMPLETED),
+                output_field=CharField(),
+            ),
+            error=Case(
+                When(none_done, then=Value("Every batch failed.")),
+                default=F("error"),
+                output_field=TextField(),
+            ),
+            finished_at=timezone.now(),
+        )
+    )
+
+
+def finish_run_if_done(*, run_id: int) -> None:
+    """`_finish_if_done`, with its event."""
+    if _finish_if_done(run_id=run_id):
+        status = AnalysisRun.objects.filter(pk=run_id).values_list("status", flat=True).get()
+        emit(run_id, FINISH_EVENTS[status])
 
 
 # Operator actions
