@@ -10,6 +10,8 @@ last completes the run, decided by a conditional UPDATE in the database.
 
 from analysis.services.batches import (
     PROMPT_FIELDS,
+    BatchPrompt,
+    batch_prompt,
     claim_batch,
     fetch_messages,
     plan_run,
@@ -37,6 +39,8 @@ from analysis.services.runs import (
 __all__ = [
     "FINISH_EVENTS",
     "PROMPT_FIELDS",
+    "BatchPrompt",
+    "batch_prompt",
     "begin_run",
     "cancel_run",
     "claim_batch",

@@ -7,6 +7,7 @@ queries do not grow with the number of messages or proposals.
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ from django.db.models import F, Q, Subquery
 from django.utils import timezone
 
 from agents.llm import LLMError, LLMUsage, complete_json
-from agents.prompts import system_prompt, user_prompt
+from agents.prompts import PromptMessage, numbered, system_prompt, user_prompt
 from analysis.models import AnalysisRun, Batch
 from analysis.pipeline import PipelineMessage, create_batches, prefilter_messages
 from analysis.services.runs import FINISH_EVENTS, _announce, _finish_if_done, emit, finish_run_if_done
@@ -136,6 +137,29 @@ def claim_batch(*, batch_id: int, claim_id: str) -> Batch | None:
     return batch
 
 
+@dataclass(frozen=True)
+class BatchPrompt:
+    system: str
+    user: str
+    lines: list[PromptMessage]  # the messages as shown, numbered 1..n
+    numbers: dict[int, int]  # a number of the prompt -> the message's id
+
+
+def batch_prompt(*, run: AnalysisRun, messages: Sequence[Message]) -> BatchPrompt:
+    """What the LLM is sent for a batch of `messages` (in order): the agent's and the task
+    config's instructions, the run's projects as context, the messages numbered from 1
+    (`agents.prompts.numbered`). The answer cites those numbers; `numbers` maps them back."""
+    agent, task_config = run.assignment.agent, run.assignment.task_config
+    context = {
+        "projects": [
+            {k: p[k] for k in ("slug", "name", "description", "glossary", "components") if p.get(k)}
+            for p in run.config_snapshot.get("projects", [])
+        ]
+    }
+    lines, numbers = numbered([m.prompt() for m in to_pipeline(messages)])
+    return BatchPrompt(system_prompt(agent, task_config), user_prompt(lines, context), lines, numbers)
+
+
 def process_batch(*, batch_id: int, claim_id: str) -> None:
     """Ask the LLM for the batch's proposals and commit them with the batch. A failure
     of the LLM or a malformed answer fails this batch only."""
@@ -147,20 +171,13 @@ def process_batch(*, batch_id: int, claim_id: str) -> None:
     messages = {
         m.pk: m for m in Message.objects.filter(pk__in=batch.message_ids).order_by().only(*PROMPT_FIELDS)
     }
-    ordered = [messages[pk] for pk in batch.message_ids if pk in messages]
-    projects = run.config_snapshot.get("projects", [])
-    context = {
-        "projects": [
-            {k: p[k] for k in ("slug", "name", "description", "glossary", "components") if p.get(k)}
-            for p in projects
-        ]
-    }
+    prompt = batch_prompt(run=run, messages=[messages[pk] for pk in batch.message_ids if pk in messages])
     try:
         result = complete_json(
             provider=agent.provider,
             model=agent.model,
-            system_prompt=system_prompt(agent, task_config),
-            user_prompt=user_prompt([m.prompt() for m in to_pipeline(ordered)], context),
+            system_prompt=prompt.system,
+            user_prompt=prompt.user,
             schema=task_config.response_schema,
             schema_name="proposals",
             temperature=agent.temperature,
@@ -176,7 +193,14 @@ def process_batch(*, batch_id: int, claim_id: str) -> None:
             batch=batch, claim_id=claim_id, usage=LLMUsage(), error=f"Internal error: {exc}", kind="internal"
         )
         return
-    _commit_batch(batch=batch, claim_id=claim_id, usage=result.usage, answer=result.data, messages=messages)
+    _commit_batch(
+        batch=batch,
+        claim_id=claim_id,
+        usage=result.usage,
+        answer=result.data,
+        messages=messages,
+        numbers=prompt.numbers,
+    )
 
 
 @transaction.atomic
@@ -187,6 +211,7 @@ def _commit_batch(
     usage: LLMUsage,
     answer: dict[str, Any] | None = None,
     messages: dict[int, Message] | None = None,
+    numbers: dict[int, int] | None = None,
     error: str = "",
     kind: str = "",
 ) -> None:
@@ -202,7 +227,9 @@ def _commit_batch(
     created: list[TaskProposal] = []
     rejected: list[str] = []
     if answer is not None and not error:
-        created, rejected = save_proposals(run=run, batch=batch, answer=answer, messages=messages or {})
+        created, rejected = save_proposals(
+            run=run, batch=batch, answer=answer, messages=messages or {}, numbers=numbers or {}
+        )
     failed = bool(error)
     Batch.objects.filter(pk=batch.pk).update(
         status=Batch.Status.FAILED if failed else Batch.Status.DONE,
@@ -250,10 +277,16 @@ def _due_date(value: Any) -> date | None:
 
 
 def save_proposals(
-    *, run: AnalysisRun, batch: Batch, answer: dict[str, Any], messages: dict[int, Message]
+    *,
+    run: AnalysisRun,
+    batch: Batch,
+    answer: dict[str, Any],
+    messages: dict[int, Message],
+    numbers: dict[int, int],
 ) -> tuple[list[TaskProposal], list[str]]:
-    """Validate and save an answer's proposals. Returns the saved ones and the reasons
-    the others were rejected (ids outside the batch, an unknown project, a bad confidence)."""
+    """Validate and save an answer's proposals, whose sources are the numbers of the batch's
+    prompt (`numbers` maps them to message ids). Returns the saved ones and the reasons the
+    others were rejected (numbers not in the batch, an unknown project, a bad confidence)."""
     items = answer.get("proposals", [])
     if not items:
         return [], []
@@ -261,15 +294,15 @@ def save_proposals(
         p.slug: p
         for p in run.projects.prefetch_related("memberships__user").select_related("default_assignee")
     }
-    in_batch = set(batch.message_ids)
     new: list[NewProposal] = []
     rejected: list[str] = []
     for index, item in enumerate(items):
-        ids = [i for i in item.get("source_message_ids", []) if isinstance(i, int)]
-        outside = [i for i in ids if i not in in_batch]
-        if not ids or outside:
-            rejected.append(f"proposal {index}: message ids {outside or ids} are not in the batch")
+        cited = [i for i in item.get("source_message_ids", []) if isinstance(i, int)]
+        outside = [i for i in cited if i not in numbers]
+        if not cited or outside:
+            rejected.append(f"proposal {index}: message ids {outside or cited} are not in the batch")
             continue
+        ids = [numbers[i] for i in cited]
         project = projects.get(str(item.get("project") or "")) or (
             next(iter(projects.values())) if len(projects) == 1 else None
         )
