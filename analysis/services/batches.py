@@ -20,7 +20,14 @@ from agents.llm import LLMError, LLMUsage, complete_json
 from agents.prompts import PromptMessage, numbered, system_prompt, user_prompt
 from analysis.models import AnalysisRun, Batch
 from analysis.pipeline import PipelineMessage, create_batches, prefilter_messages
-from analysis.services.runs import FINISH_EVENTS, _announce, _finish_if_done, emit, finish_run_if_done
+from analysis.services.runs import (
+    FINISH_EVENTS,
+    RUN_STATE_FIELDS,
+    _announce,
+    _finish_if_done,
+    emit,
+    finish_run_if_done,
+)
 from projects.models import Project
 from proposals.models import TaskProposal
 from proposals.services import NewProposal, ProposalData, create_proposals
@@ -218,22 +225,12 @@ def _commit_batch(
     """Commit a batch's outcome, its proposals and the run's counters in one transaction,
     and send one run event for it on commit (the run's completion, when this batch was
     its last). Its queries do not depend on the number of messages or proposals."""
-    locked = Batch.objects.select_for_update().get(pk=batch.pk)
-    if locked.status != Batch.Status.RUNNING or locked.claim_id != claim_id:
-        # Another delivery holds or finished the batch (its claim was released as stale
-        # and taken over): only the holder of the claim commits, so nothing counts twice.
-        return
-    run = batch.run
-    created: list[TaskProposal] = []
-    rejected: list[str] = []
-    if answer is not None and not error:
-        created, rejected = save_proposals(
-            run=run, batch=batch, answer=answer, messages=messages or {}, numbers=numbers or {}
-        )
     failed = bool(error)
-    Batch.objects.filter(pk=batch.pk).update(
+    # The claim's holder alone commits: the UPDATE is conditional on the claim, and locks
+    # the batch's row for the rest of the transaction.
+    held = Batch.objects.filter(pk=batch.pk, status=Batch.Status.RUNNING, claim_id=claim_id).update(
         status=Batch.Status.FAILED if failed else Batch.Status.DONE,
-        error=error or "; ".join(rejected),
+        error=error,
         error_kind=kind,
         finished_at=timezone.now(),
         llm_calls=F("llm_calls") + usage.calls,
@@ -242,6 +239,18 @@ def _commit_batch(
         llm_seconds=F("llm_seconds") + usage.latency_seconds,
         cost=F("cost") + usage.cost,
     )
+    if not held:
+        # Another delivery holds or finished the batch (its claim was released as stale
+        # and taken over): nothing counts twice.
+        return
+    run = batch.run
+    created: list[TaskProposal] = []
+    if answer is not None and not failed:
+        created, rejected = save_proposals(
+            run=run, batch=batch, answer=answer, messages=messages or {}, numbers=numbers or {}
+        )
+        if rejected:
+            Batch.objects.filter(pk=batch.pk).update(error="; ".join(rejected))
     AnalysisRun.objects.filter(pk=run.pk).update(
         batches_done=F("batches_done") + (0 if failed else 1),
         batches_failed=F("batches_failed") + (1 if failed else 0),
@@ -261,7 +270,7 @@ def _commit_batch(
             ignore_conflicts=True,
         )
     finished = _finish_if_done(run_id=run.pk)
-    state = AnalysisRun.objects.get(pk=run.pk)
+    state = AnalysisRun.objects.only(*RUN_STATE_FIELDS).get(pk=run.pk)
     if finished:
         event = FINISH_EVENTS[state.status]
     else:

@@ -49,13 +49,32 @@ def transition_run(*, run_id: int, to: str, **fields: Any) -> bool:
 def emit(run_id: int, event: str) -> None:
     """Number and send a run event after commit, with the run's counters as data."""
     AnalysisRun.objects.filter(pk=run_id).update(event_seq=F("event_seq") + 1)
-    _announce(AnalysisRun.objects.get(pk=run_id), event)
+    _announce(AnalysisRun.objects.only(*RUN_STATE_FIELDS).get(pk=run_id), event)
 
 
 def _announce(run: AnalysisRun, event: str) -> None:
     """Send `event` with the state of `run`, read after its event_seq was bumped, on commit."""
     data = run_state(run)
     transaction.on_commit(lambda: broadcast(run_group(run.pk), event, data, seq=run.event_seq))
+
+
+# What `run_state` reads (not the config snapshot nor the statistics, JSON to parse).
+RUN_STATE_FIELDS = (
+    "status",
+    "event_seq",
+    "messages_fetched",
+    "messages_kept",
+    "batches_total",
+    "batches_done",
+    "batches_failed",
+    "proposals_created",
+    "llm_calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "llm_seconds",
+    "cost",
+    "error",
+)
 
 
 def run_state(run: AnalysisRun) -> dict[str, Any]:

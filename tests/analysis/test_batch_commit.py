@@ -108,3 +108,22 @@ def test_a_batch_costs_the_same_queries_with_one_proposal_as_with_many(fake_open
     many, with_many = run_once(setup)
     assert (one.proposals_created, many.proposals_created) == (1, len(LINES))
     assert with_many == with_one
+
+
+def test_an_answer_citing_a_number_not_in_the_batch_is_rejected_and_said(fake_openai: FakeOpenAI) -> None:
+    setup = make_setup(fake_openai.base_url, budget=10_000, lines=LINES)
+    stray = answer(("Fix the Android login crash", [0]))
+
+    def reply(request: dict[str, Any]) -> FakeReply:
+        good = stray(request).body["proposals"][0]
+        prompt = request["messages"][-1]["content"]
+        assert "#1 " in prompt and f"#{len(LINES) + 1} " not in prompt  # numbered from 1
+        return FakeReply.ok({"proposals": [good, {**good, "source_message_ids": [len(LINES) + 1]}]})
+
+    fake_openai.default = reply
+    run, _ = run_once(setup)
+    (proposal,) = TaskProposal.objects.filter(run=run)
+    assert [m.text for m in proposal.source_messages.all()] == [LINES[0]]
+    batch = run.batches.get()
+    assert batch.error == f"proposal 1: message ids [{len(LINES) + 1}] are not in the batch"
+    assert batch.status == "done"
