@@ -1,7 +1,7 @@
 """Analysis pipeline throughput, own overhead, queries per batch and prompt tokens, on a fake LLM.
 
     .venv/bin/python bench/pipeline.py [--messages 20000] [--latency 0.05] [--budget 1500]
-        [--workers 8] [--real-latency 1.0] [--budgets 800,3000] [--compare-messages 5000]
+        [--workers 4] [--real-latency 1.0] [--budgets 800,3000] [--compare-messages 5000]
         [--seed 42] [--profile]
 
 Generates `--messages` messages of one team chat over a few weeks of working days (mixed
@@ -20,7 +20,8 @@ Runs, each over every message of its window, the proposals of the run before del
     the fake answering no proposals, then one proposal per message asking for work
     (`propose_actionable`: "please", "crash", "fix");
   - the run with proposals from `--workers` threads at `--real-latency` (1 s) per call, as
-    Celery workers run the batches of a run concurrently against a real provider;
+    Celery workers run the batches of a run concurrently against a real provider (4: a
+    provider's default max concurrency, the most LLM calls of a run in flight at once);
   - at each of `--budgets`, over the first `--compare-messages` messages, both answers: do the
     queries per batch grow with the batch size?
 
@@ -353,8 +354,8 @@ def install_timers(timers: Timers) -> None:
         "create_batches",
         "claim_batch",
         "_commit_batch",
+        "read_answer",
         "save_proposals",
-        "create_proposals",
     ):
         timers.wrap(batches, name)
     timers.wrap(runs, "broadcast")
@@ -712,10 +713,10 @@ def print_steps(r: Result) -> None:
     gateway = s.get("complete_json", 0) - s.get("llm_http", 0)
     commit = s.get("_commit_batch", 0)
     save = s.get("save_proposals", 0)
-    create = s.get("create_proposals", 0)
+    read = s.get("read_answer", 0)
     finder = s.get("DuplicateFinder", 0)
     broadcast = s.get("broadcast", 0)
-    batch_steps = s.get("claim_batch", 0) + s.get("complete_json", 0) + commit
+    batch_steps = s.get("claim_batch", 0) + s.get("complete_json", 0) + read + commit
     rest = r.wall - r.plan_seconds - batch_steps if r.scenario.sequential else r.batch_seconds - batch_steps
     rows = [
         (f"start_run + begin_run + plan_run (once, {r.plan_queries} queries)", r.plan_seconds, 1),
@@ -732,11 +733,10 @@ def print_steps(r: Result) -> None:
             gateway - s.get("_client", 0) - s.get("take_rate_token", 0),
             calls.get("complete_json", 0),
         ),
+        ("read_answer (projects query, checks; no transaction)", read, calls.get("read_answer", 0)),
         ("_commit_batch (one transaction, then one event)", commit, calls.get("_commit_batch", 0)),
-        ("  save_proposals", save, calls.get("save_proposals", 0)),
-        ("    create_proposals (duplicates, bulk INSERTs)", create, calls.get("create_proposals", 0)),
-        ("      live proposals citing the batch's messages", finder, calls.get("DuplicateFinder", 0)),
-        ("    projects query, checks", save - create, calls.get("save_proposals", 0)),
+        ("  save_proposals (duplicates, bulk INSERTs)", save, calls.get("save_proposals", 0)),
+        ("    live proposals citing the batch's messages", finder, calls.get("DuplicateFinder", 0)),
         ("  broadcast on commit (the thread's channel layer)", broadcast, calls.get("broadcast", 0)),
         ("  lock, counters, run.messages, completion, run SELECT", commit - save - broadcast, batches),
     ]
@@ -893,7 +893,12 @@ def main() -> int:
         help="seconds per LLM call of the concurrent run (the goal)",
     )
     parser.add_argument("--budget", type=int, default=1500, help="the agent's batch token budget")
-    parser.add_argument("--workers", type=int, default=8, help="threads of the concurrent run (1: none)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        help="threads of the concurrent run (1: none); 4 is a provider's default max concurrency",
+    )
     parser.add_argument("--budgets", default="800,3000", help="budgets whose queries per batch are compared")
     parser.add_argument("--compare-messages", type=int, default=5000, help="messages of the budget runs")
     parser.add_argument("--seed", type=int, default=42)

@@ -16,6 +16,7 @@ from analysis.services.batches import (
     fetch_messages,
     plan_run,
     process_batch,
+    read_answer,
     save_proposals,
     to_pipeline,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "parse_schedule",
     "plan_run",
     "process_batch",
+    "read_answer",
     "resume_stale_runs",
     "retry_failed_batches",
     "run_state",

@@ -190,6 +190,10 @@ def process_batch(*, batch_id: int, claim_id: str) -> None:
             temperature=agent.temperature,
             max_output_tokens=agent.max_output_tokens,
         )
+        # Read before the commit's transaction, which holds SQLite's write lock.
+        proposals, rejected = read_answer(
+            run=run, answer=result.data, messages=messages, numbers=prompt.numbers
+        )
     except LLMError as exc:
         _commit_batch(batch=batch, claim_id=claim_id, usage=exc.usage, error=exc.message, kind=exc.kind)
         return
@@ -200,14 +204,7 @@ def process_batch(*, batch_id: int, claim_id: str) -> None:
             batch=batch, claim_id=claim_id, usage=LLMUsage(), error=f"Internal error: {exc}", kind="internal"
         )
         return
-    _commit_batch(
-        batch=batch,
-        claim_id=claim_id,
-        usage=result.usage,
-        answer=result.data,
-        messages=messages,
-        numbers=prompt.numbers,
-    )
+    _commit_batch(batch=batch, claim_id=claim_id, usage=result.usage, proposals=proposals, rejected=rejected)
 
 
 @transaction.atomic
@@ -216,21 +213,21 @@ def _commit_batch(
     batch: Batch,
     claim_id: str,
     usage: LLMUsage,
-    answer: dict[str, Any] | None = None,
-    messages: dict[int, Message] | None = None,
-    numbers: dict[int, int] | None = None,
+    proposals: Sequence[NewProposal] = (),
+    rejected: Sequence[str] = (),
     error: str = "",
     kind: str = "",
 ) -> None:
-    """Commit a batch's outcome, its proposals and the run's counters in one transaction,
-    and send one run event for it on commit (the run's completion, when this batch was
-    its last). Its queries do not depend on the number of messages or proposals."""
+    """Commit a batch's outcome, its proposals (`save_proposals`) and the run's counters in
+    one transaction, and send one run event for it on commit (the run's completion, when
+    this batch was its last). Its queries do not depend on the number of messages or
+    proposals."""
     failed = bool(error)
     # The claim's holder alone commits: the UPDATE is conditional on the claim, and locks
     # the batch's row for the rest of the transaction.
     held = Batch.objects.filter(pk=batch.pk, status=Batch.Status.RUNNING, claim_id=claim_id).update(
         status=Batch.Status.FAILED if failed else Batch.Status.DONE,
-        error=error,
+        error=error or "; ".join(rejected),
         error_kind=kind,
         finished_at=timezone.now(),
         llm_calls=F("llm_calls") + usage.calls,
@@ -244,13 +241,7 @@ def _commit_batch(
         # and taken over): nothing counts twice.
         return
     run = batch.run
-    created: list[TaskProposal] = []
-    if answer is not None and not failed:
-        created, rejected = save_proposals(
-            run=run, batch=batch, answer=answer, messages=messages or {}, numbers=numbers or {}
-        )
-        if rejected:
-            Batch.objects.filter(pk=batch.pk).update(error="; ".join(rejected))
+    created = [] if failed else save_proposals(run=run, batch=batch, proposals=proposals)
     AnalysisRun.objects.filter(pk=run.pk).update(
         batches_done=F("batches_done") + (0 if failed else 1),
         batches_failed=F("batches_failed") + (1 if failed else 0),
@@ -285,17 +276,19 @@ def _due_date(value: Any) -> date | None:
         return None
 
 
-def save_proposals(
-    *,
-    run: AnalysisRun,
-    batch: Batch,
-    answer: dict[str, Any],
-    messages: dict[int, Message],
-    numbers: dict[int, int],
-) -> tuple[list[TaskProposal], list[str]]:
-    """Validate and save an answer's proposals, whose sources are the numbers of the batch's
-    prompt (`numbers` maps them to message ids). Returns the saved ones and the reasons the
-    others were rejected (numbers not in the batch, an unknown project, a bad confidence)."""
+def save_proposals(*, run: AnalysisRun, batch: Batch, proposals: Sequence[NewProposal]) -> list[TaskProposal]:
+    """Save a batch's proposals, each marked with what it repeats. Call inside the
+    transaction that commits the batch: it serialises duplicate detection between batches."""
+    return create_proposals(proposals=proposals, run=run, batch=batch)
+
+
+def read_answer(
+    *, run: AnalysisRun, answer: dict[str, Any], messages: dict[int, Message], numbers: dict[int, int]
+) -> tuple[list[NewProposal], list[str]]:
+    """Validate an answer's proposals, whose sources are the numbers of the batch's prompt
+    (`numbers` maps them to message ids). Returns the valid ones, ready to save, and the
+    reasons the others were rejected (numbers not in the batch, an unknown project, a bad
+    confidence)."""
     items = answer.get("proposals", [])
     if not items:
         return [], []
@@ -342,7 +335,7 @@ def save_proposals(
                 suggested_assignee=_assignee(project, data.assignee_name),
             )
         )
-    return create_proposals(proposals=new, run=run, batch=batch), rejected
+    return new, rejected
 
 
 def _assignee(project: Project, name: str) -> Any:
