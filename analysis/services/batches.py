@@ -279,7 +279,7 @@ def _due_date(value: Any) -> date | None:
 def save_proposals(*, run: AnalysisRun, batch: Batch, proposals: Sequence[NewProposal]) -> list[TaskProposal]:
     """Save a batch's proposals, each marked with what it repeats. Call inside the
     transaction that commits the batch: it serialises duplicate detection between batches."""
-    return create_proposals(proposals=proposals, run=run, batch=batch)
+    return create_proposals(proposals=proposals, run=run, batch=batch) if proposals else []
 
 
 def read_answer(

@@ -209,7 +209,7 @@ class NewProposal:
     suggested_assignee: AbstractBaseUser | None = None
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)  # called inside its batch's transaction: no SAVEPOINT
 def create_proposals(
     *, proposals: Sequence[NewProposal], run: Any = None, batch: Any = None
 ) -> list[TaskProposal]:
