@@ -89,14 +89,18 @@ def _common(a: Counter[str], b: Counter[str]) -> int:
     return common
 
 
-def _title_ratio(new: _Title, old: _Title) -> float:
+def _title_ratio(new: _Title, old: _Title, *, beat: float | None = None) -> float:
     """difflib's similarity of two titles; 0 when its exact upper bounds (the lengths, then the
-    characters in common: `real_quick_ratio`, `quick_ratio`) already rule a match out."""
+    characters in common: `real_quick_ratio`, `quick_ratio`) rule out reaching
+    `SIMILAR_TITLE_RATIO`, or exceeding `beat` (the best score so far)."""
     length = len(new.normal) + len(old.normal)
-    if length and 2.0 * min(len(new.normal), len(old.normal)) / length < SIMILAR_TITLE_RATIO:
-        return 0.0
-    if length and 2.0 * _common(new.counts, old.counts) / length < SIMILAR_TITLE_RATIO:
-        return 0.0
+    if length:
+        for bound in (
+            2.0 * min(len(new.normal), len(old.normal)) / length,
+            2.0 * _common(new.counts, old.counts) / length,
+        ):
+            if bound < SIMILAR_TITLE_RATIO or (beat is not None and bound <= beat):
+                return 0.0
     return difflib.SequenceMatcher(None, new.normal, old.normal).ratio()
 
 
@@ -161,11 +165,11 @@ class DuplicateFinder:
         new = _Title(0, title)
         proposals, tasks = self._load_titles(project_id)
         for old in proposals:
-            ratio = _title_ratio(new, old)
+            ratio = _title_ratio(new, old, beat=best.score if best else None)
             if ratio >= SIMILAR_TITLE_RATIO and (best is None or ratio > best.score):
                 best = Similarity(old.ref, None, round(ratio, 3), "similar_title")
         for old in tasks:
-            ratio = _title_ratio(new, old)
+            ratio = _title_ratio(new, old, beat=best.score if best else None)
             if ratio >= SIMILAR_TITLE_RATIO and (best is None or ratio > best.score):
                 best = Similarity(None, int(old.ref), round(ratio, 3), "similar_title")  # type: ignore[arg-type]
         return best
