@@ -33,7 +33,6 @@ from django.db import transaction
 from django.db.models import Min
 
 from agents.models import AgentTaskAssignment
-from agents.prompts import system_prompt, user_prompt
 from analysis import services
 from analysis.models import AnalysisRun, Batch
 from analysis.pipeline import PipelineMessage, count_tokens, prefilter_messages
@@ -470,23 +469,15 @@ def _run_meeting(*, meeting: Meeting, assignment: AgentTaskAssignment) -> Meetin
 
 def _prompt_tokens(run: AnalysisRun, batches: Sequence[Batch]) -> dict[str, int]:
     """The prompts of the run's batches rebuilt as `process_batch` builds them, counted."""
-    agent, task_config = run.assignment.agent, run.assignment.task_config
-    system = count_tokens(system_prompt(agent, task_config))
-    schema = count_tokens(json.dumps(task_config.response_schema))
-    context = {
-        "projects": [
-            {k: p[k] for k in ("slug", "name", "description", "glossary", "components") if p.get(k)}
-            for p in run.config_snapshot.get("projects", [])
-        ]
-    }
+    schema = count_tokens(json.dumps(run.assignment.task_config.response_schema))
     messages = Message.objects.in_bulk([pk for b in batches for pk in b.message_ids])
     totals = Counter(prompt_tokens=0, schema_tokens=0, prompt_lines=0, content_tokens=0)
     for batch in batches:
-        lines = [m.prompt() for m in services.to_pipeline([messages[pk] for pk in batch.message_ids])]
-        totals["prompt_tokens"] += system + count_tokens(user_prompt(lines, context))
+        prompt = services.batch_prompt(run=run, messages=[messages[pk] for pk in batch.message_ids])
+        totals["prompt_tokens"] += count_tokens(prompt.system) + count_tokens(prompt.user)
         totals["schema_tokens"] += schema
-        totals["prompt_lines"] += len(lines)
-        totals["content_tokens"] += sum(count_tokens(" ".join(m.text.split())) for m in lines)
+        totals["prompt_lines"] += len(prompt.lines)
+        totals["content_tokens"] += sum(count_tokens(" ".join(m.text.split())) for m in prompt.lines)
     return dict(totals)
 
 

@@ -8,13 +8,13 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cache
 
 import tiktoken
 
-from agents.prompts import PromptMessage, render_messages
+from agents.prompts import PromptMessage, render_line
 
 # Very short messages that only acknowledge; they carry no task on their own.
 ACKNOWLEDGEMENTS = frozenset(
@@ -243,10 +243,11 @@ def count_tokens(text: str) -> int:
 
 
 def message_tokens(message: PipelineMessage) -> int:
-    """Tokens of a message as it is rendered in the prompt (its line, with the id and author)."""
-    return count_tokens(render_messages([message.prompt()])) - count_tokens(
-        f"== {message.sent_at.date().isoformat()} ==\n"
-    )
+    """Tokens of a message's line in the prompt, as most lines are shown: numbered within its
+    batch (two digits at most), with the author's full name, without a time (shown once in
+    10 minutes)."""
+    shown = replace(message.prompt(), id=99, reply_to=99 if message.reply_to else None)
+    return count_tokens(render_line(shown, time=False))
 
 
 @dataclass

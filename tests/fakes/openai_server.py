@@ -200,7 +200,7 @@ class FakeOpenAI:
         return Handler
 
 
-_LINE = re.compile(r"^#(\d+) \d\d:\d\d(?: >\d+)? ([^:]*): (.*)$", re.MULTILINE)
+_LINE = re.compile(r"^#(\d+)(?: \d\d:\d\d)?(?: >\d+)? ([^:]*): (.*)$", re.MULTILINE)
 
 
 def propose_actionable(

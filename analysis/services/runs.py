@@ -1,34 +1,25 @@
-"""The analysis lifecycle: start, fetch, prefilter, batch, process, complete, cancel, retry.
+"""Runs: their status changes and events, starting, completion, operator actions, schedules.
 
-A run is resumable and spread over workers: each batch is a Celery task of its own that
-claims its `Batch` row, calls the LLM outside any transaction, then commits the batch
-with its proposals and the run's counters in one transaction. The batch that commits
-last completes the run, decided by a conditional UPDATE in the database.
+`transition_run` is the only writer of a run's `status`; `emit` numbers and sends its events.
 """
 
 import logging
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery.schedules import ParseException, crontab
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Case, CharField, F, Q, TextField, Value, When
 from django.utils import timezone
 
-from agents.llm import LLMError, LLMUsage, complete_json
 from agents.models import AgentTaskAssignment
-from agents.prompts import system_prompt, user_prompt
 from analysis import tasks
 from analysis.consumers import run_group
 from analysis.models import AnalysisRun, Batch
-from analysis.pipeline import PipelineMessage, create_batches, prefilter_messages
 from projects.models import Project, ProjectConfig
 from proposals.models import TaskProposal, confidence_band
-from proposals.services import ProposalData, create_proposal
-from sources.models import Message
 from tasktracker.exceptions import DomainError
 from tasktracker.realtime import broadcast
 
@@ -58,9 +49,32 @@ def transition_run(*, run_id: int, to: str, **fields: Any) -> bool:
 def emit(run_id: int, event: str) -> None:
     """Number and send a run event after commit, with the run's counters as data."""
     AnalysisRun.objects.filter(pk=run_id).update(event_seq=F("event_seq") + 1)
-    run = AnalysisRun.objects.get(pk=run_id)
+    _announce(AnalysisRun.objects.only(*RUN_STATE_FIELDS).get(pk=run_id), event)
+
+
+def _announce(run: AnalysisRun, event: str) -> None:
+    """Send `event` with the state of `run`, read after its event_seq was bumped, on commit."""
     data = run_state(run)
-    transaction.on_commit(lambda: broadcast(run_group(run_id), event, data, seq=run.event_seq))
+    transaction.on_commit(lambda: broadcast(run_group(run.pk), event, data, seq=run.event_seq))
+
+
+# What `run_state` reads (not the config snapshot nor the statistics, JSON to parse).
+RUN_STATE_FIELDS = (
+    "status",
+    "event_seq",
+    "messages_fetched",
+    "messages_kept",
+    "batches_total",
+    "batches_done",
+    "batches_failed",
+    "proposals_created",
+    "llm_calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "llm_seconds",
+    "cost",
+    "error",
+)
 
 
 def run_state(run: AnalysisRun) -> dict[str, Any]:
@@ -171,291 +185,37 @@ def start_run(
     return run
 
 
-# The pipeline
+FINISH_EVENTS = {Status.COMPLETED: "run_completed", Status.FAILED: "run_failed"}
 
 
-def fetch_messages(*, run: AnalysisRun) -> list[Message]:
-    """The messages of the run's window in the active chats its projects read."""
-    chat_ids = {cid for p in run.config_snapshot.get("projects", []) for cid in p["chat_ids"]}
-    restricted = set(run.chats.values_list("pk", flat=True))
-    if restricted:
-        chat_ids &= restricted
-    return list(
-        Message.objects.filter(
-            chat_id__in=chat_ids,
-            chat__is_active=True,
-            sent_at__gte=run.window_start,
-            sent_at__lt=run.window_end,
+def _finish_if_done(*, run_id: int) -> bool:
+    """Complete the run once every batch is done or failed (failed if none succeeded).
+    Decided by one conditional UPDATE, so exactly one batch's commit does it."""
+    none_done = Q(batches_done=0, batches_total__gt=0)
+    return bool(
+        AnalysisRun.objects.filter(
+            pk=run_id, status=Status.RUNNING, batches_total=F("batches_done") + F("batches_failed")
+        ).update(
+            status=Case(
+                When(none_done, then=Value(Status.FAILED)),
+                default=Value(Status.COMPLETED),
+                output_field=CharField(),
+            ),
+            error=Case(
+                When(none_done, then=Value("Every batch failed.")),
+                default=F("error"),
+                output_field=TextField(),
+            ),
+            finished_at=timezone.now(),
         )
-        .order_by("sent_at", "pk")
-        .only("pk", "chat_id", "telegram_id", "author_name", "text", "sent_at", "reply_to_telegram_id")
     )
-
-
-def to_pipeline(messages: Sequence[Message]) -> list[PipelineMessage]:
-    pks = {(m.chat_id, m.telegram_id): m.pk for m in messages}
-    return [
-        PipelineMessage(
-            id=m.pk,
-            sent_at=m.sent_at,
-            author=m.author_name,
-            text=m.text,
-            reply_to=pks.get((m.chat_id, m.reply_to_telegram_id)) if m.reply_to_telegram_id else None,
-        )
-        for m in messages
-    ]
-
-
-@transaction.atomic
-def plan_run(*, run_id: int) -> list[int]:
-    """Fetch, prefilter and batch a running run's messages once; return the batches to do.
-
-    Idempotent: a run whose batches exist (a restarted task) gets its unfinished ones.
-    """
-    run = AnalysisRun.objects.select_for_update().get(pk=run_id)
-    if run.batches.exists():
-        return list(
-            run.batches.filter(status__in=[Batch.Status.PENDING, Batch.Status.RUNNING]).values_list(
-                "pk", flat=True
-            )
-        )
-    projects = run.config_snapshot.get("projects", [])
-    messages = fetch_messages(run=run)
-    kept = prefilter_messages(
-        to_pipeline(messages),
-        keywords=[k for p in projects for k in p["keywords"]],
-        exclude_keywords=[k for p in projects for k in p["exclude_keywords"]],
-    )
-    gap = min((p["batch_time_gap_minutes"] for p in projects), default=60)
-    planned = create_batches(
-        kept.kept, token_budget=run.assignment.agent.batch_token_budget, time_gap=timedelta(minutes=gap)
-    )
-    batches = Batch.objects.bulk_create(
-        Batch(run=run, index=i, message_ids=b.message_ids, token_count=b.tokens)
-        for i, b in enumerate(planned)
-    )
-    run.messages_fetched = len(messages)
-    run.messages_kept = len(kept.kept)
-    run.prefilter_stats = kept.stats
-    run.batches_total = len(batches)
-    run.save(update_fields=["messages_fetched", "messages_kept", "prefilter_stats", "batches_total"])
-    emit(run.pk, "progress_updated")
-    if not batches:
-        finish_run_if_done(run_id=run.pk)
-    return [b.pk for b in batches]
-
-
-def claim_batch(*, batch_id: int, claim_id: str) -> Batch | None:
-    """Take a pending batch (or one this same task held when its worker died). A batch
-    tried `ANALYSIS_MAX_BATCH_ATTEMPTS` times is failed instead of tried again.
-
-    The claim is one UPDATE on the batch row alone, so PostgreSQL re-checks its
-    condition on the row's newest version when two deliveries race (a join or subquery
-    in the WHERE would be evaluated on a stale snapshot and let both win).
-    """
-    if not AnalysisRun.objects.filter(batches=batch_id, status=Status.RUNNING).exists():
-        return None
-    claimable = Q(status=Batch.Status.PENDING) | Q(status=Batch.Status.RUNNING, claim_id=claim_id)
-    claimed = Batch.objects.filter(claimable, pk=batch_id).update(
-        status=Batch.Status.RUNNING, claim_id=claim_id, attempts=F("attempts") + 1, started_at=timezone.now()
-    )
-    if not claimed:
-        return None
-    batch = Batch.objects.select_related(
-        "run__assignment__agent__provider", "run__assignment__task_config"
-    ).get(pk=batch_id)
-    if batch.attempts > settings.ANALYSIS_MAX_BATCH_ATTEMPTS:
-        _commit_batch(
-            batch=batch,
-            claim_id=claim_id,
-            usage=LLMUsage(),
-            error=f"Gave up after {batch.attempts - 1} attempts.",
-            kind="attempts",
-        )
-        return None
-    return batch
-
-
-def process_batch(*, batch_id: int, claim_id: str) -> None:
-    """Ask the LLM for the batch's proposals and commit them with the batch. A failure
-    of the LLM or a malformed answer fails this batch only."""
-    batch = claim_batch(batch_id=batch_id, claim_id=claim_id)
-    if batch is None:
-        return
-    run = batch.run
-    agent, task_config = run.assignment.agent, run.assignment.task_config
-    messages = {m.pk: m for m in Message.objects.filter(pk__in=batch.message_ids).order_by()}
-    ordered = [messages[pk] for pk in batch.message_ids if pk in messages]
-    projects = run.config_snapshot.get("projects", [])
-    context = {
-        "projects": [
-            {k: p[k] for k in ("slug", "name", "description", "glossary", "components") if p.get(k)}
-            for p in projects
-        ]
-    }
-    try:
-        result = complete_json(
-            provider=agent.provider,
-            model=agent.model,
-            system_prompt=system_prompt(agent, task_config),
-            user_prompt=user_prompt([m.prompt() for m in to_pipeline(ordered)], context),
-            schema=task_config.response_schema,
-            schema_name="proposals",
-            temperature=agent.temperature,
-            max_output_tokens=agent.max_output_tokens,
-        )
-    except LLMError as exc:
-        _commit_batch(batch=batch, claim_id=claim_id, usage=exc.usage, error=exc.message, kind=exc.kind)
-        return
-    except Exception as exc:
-        # Fail the batch rather than leave it running for ever; the error is kept.
-        logger.exception("Batch %s of run %s failed unexpectedly", batch.pk, run.pk)
-        _commit_batch(
-            batch=batch, claim_id=claim_id, usage=LLMUsage(), error=f"Internal error: {exc}", kind="internal"
-        )
-        return
-    _commit_batch(batch=batch, claim_id=claim_id, usage=result.usage, answer=result.data, messages=messages)
-
-
-@transaction.atomic
-def _commit_batch(
-    *,
-    batch: Batch,
-    claim_id: str,
-    usage: LLMUsage,
-    answer: dict[str, Any] | None = None,
-    messages: dict[int, Message] | None = None,
-    error: str = "",
-    kind: str = "",
-) -> None:
-    """Commit a batch's outcome, its proposals and the run's counters in one transaction."""
-    locked = Batch.objects.select_for_update().get(pk=batch.pk)
-    if locked.status != Batch.Status.RUNNING or locked.claim_id != claim_id:
-        # Another delivery holds or finished the batch (its claim was released as stale
-        # and taken over): only the holder of the claim commits, so nothing counts twice.
-        return
-    run = batch.run
-    created: list[TaskProposal] = []
-    rejected: list[str] = []
-    if answer is not None and not error:
-        created, rejected = save_proposals(run=run, batch=batch, answer=answer, messages=messages or {})
-    failed = bool(error)
-    Batch.objects.filter(pk=batch.pk).update(
-        status=Batch.Status.FAILED if failed else Batch.Status.DONE,
-        error=error or "; ".join(rejected),
-        error_kind=kind,
-        finished_at=timezone.now(),
-        llm_calls=F("llm_calls") + usage.calls,
-        prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
-        completion_tokens=F("completion_tokens") + usage.completion_tokens,
-        llm_seconds=F("llm_seconds") + usage.latency_seconds,
-        cost=F("cost") + usage.cost,
-    )
-    AnalysisRun.objects.filter(pk=run.pk).update(
-        batches_done=F("batches_done") + (0 if failed else 1),
-        batches_failed=F("batches_failed") + (1 if failed else 0),
-        proposals_created=F("proposals_created") + len(created),
-        llm_calls=F("llm_calls") + usage.calls,
-        prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
-        completion_tokens=F("completion_tokens") + usage.completion_tokens,
-        llm_seconds=F("llm_seconds") + usage.latency_seconds,
-        cost=F("cost") + usage.cost,
-    )
-    if not failed:
-        run.messages.add(*batch.message_ids)
-    emit(run.pk, "progress_updated")
-    if created:
-        emit(run.pk, "proposals_created")
-    finish_run_if_done(run_id=run.pk)
-
-
-def _due_date(value: Any) -> date | None:
-    try:
-        return date.fromisoformat(value) if value else None
-    except (TypeError, ValueError):
-        return None
-
-
-def save_proposals(
-    *, run: AnalysisRun, batch: Batch, answer: dict[str, Any], messages: dict[int, Message]
-) -> tuple[list[TaskProposal], list[str]]:
-    """Validate and save an answer's proposals. Returns the saved ones and the reasons
-    the others were rejected (ids outside the batch, an unknown project, a bad confidence)."""
-    projects = {
-        p.slug: p
-        for p in run.projects.prefetch_related("memberships__user").select_related("default_assignee")
-    }
-    in_batch = set(batch.message_ids)
-    created: list[TaskProposal] = []
-    rejected: list[str] = []
-    for index, item in enumerate(answer.get("proposals", [])):
-        ids = [i for i in item.get("source_message_ids", []) if isinstance(i, int)]
-        outside = [i for i in ids if i not in in_batch]
-        if not ids or outside:
-            rejected.append(f"proposal {index}: message ids {outside or ids} are not in the batch")
-            continue
-        project = projects.get(str(item.get("project") or "")) or (
-            next(iter(projects.values())) if len(projects) == 1 else None
-        )
-        if project is None:
-            rejected.append(f"proposal {index}: project {item.get('project')!r} is not one of the run's")
-            continue
-        confidence = item.get("confidence")
-        if not isinstance(confidence, int | float) or not 0 <= confidence <= 1:
-            rejected.append(f"proposal {index}: confidence {confidence!r} is not between 0 and 1")
-            continue
-        data = ProposalData(
-            title=str(item.get("title") or "").strip() or "(untitled)",
-            description=str(item.get("description") or ""),
-            priority=item.get("priority") or "medium",
-            category=item.get("category") or "feature",
-            tags=[str(t) for t in item.get("tags") or []],
-            due_date=_due_date(item.get("due_date")),
-            confidence=float(confidence),
-            reasoning=str(item.get("reasoning") or ""),
-            recommendation=item.get("recommendation") or TaskProposal.Recommendation.NEW_TASK,
-            assignee_name=str(item.get("assignee") or ""),
-        )
-        created.append(
-            create_proposal(
-                project=project,
-                data=data,
-                source_messages=[messages[i] for i in ids if i in messages],
-                suggested_assignee=_assignee(project, data.assignee_name),
-                run=run,
-                batch=batch,
-            )
-        )
-    return created, rejected
-
-
-def _assignee(project: Project, name: str) -> Any:
-    """The team member the LLM named (username, full or first name), else the default."""
-    wanted = name.strip().lstrip("@").casefold()
-    if wanted:
-        for membership in project.memberships.all():
-            user = membership.user
-            names = {
-                user.get_username().casefold(),
-                user.get_full_name().casefold(),
-                user.first_name.casefold(),
-            }
-            if wanted in names - {""}:
-                return user
-    return project.default_assignee
 
 
 def finish_run_if_done(*, run_id: int) -> None:
-    """Complete the run once every batch is done or failed (failed if none succeeded).
-    Decided by one conditional UPDATE, so exactly one batch's commit does it."""
-    all_in = Q(pk=run_id, status=Status.RUNNING, batches_total=F("batches_done") + F("batches_failed"))
-    now = timezone.now()
-    if AnalysisRun.objects.filter(all_in, batches_done=0, batches_total__gt=0).update(
-        status=Status.FAILED, finished_at=now, error="Every batch failed."
-    ):
-        emit(run_id, "run_failed")
-    elif AnalysisRun.objects.filter(all_in).update(status=Status.COMPLETED, finished_at=now):
-        emit(run_id, "run_completed")
+    """`_finish_if_done`, with its event."""
+    if _finish_if_done(run_id=run_id):
+        status = AnalysisRun.objects.filter(pk=run_id).values_list("status", flat=True).get()
+        emit(run_id, FINISH_EVENTS[status])
 
 
 # Operator actions

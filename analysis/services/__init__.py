@@ -1,0 +1,65 @@
+"""The analysis lifecycle: start, fetch, prefilter, batch, process, complete, cancel, retry.
+
+A run is resumable and spread over workers: each batch is a Celery task of its own that
+claims its `Batch` row, calls the LLM outside any transaction, then commits the batch
+with its proposals and the run's counters in one transaction. The batch that commits
+last completes the run, decided by a conditional UPDATE in the database.
+
+`runs` holds a run's status changes, events and operator actions; `batches` the pipeline.
+"""
+
+from analysis.services.batches import (
+    PROMPT_FIELDS,
+    BatchPrompt,
+    batch_prompt,
+    claim_batch,
+    fetch_messages,
+    plan_run,
+    process_batch,
+    read_answer,
+    save_proposals,
+    to_pipeline,
+)
+from analysis.services.runs import (
+    FINISH_EVENTS,
+    begin_run,
+    cancel_run,
+    close_run,
+    emit,
+    fail_run,
+    finish_run_if_done,
+    parse_schedule,
+    resume_stale_runs,
+    retry_failed_batches,
+    run_state,
+    start_run,
+    start_scheduled_runs,
+    transition_run,
+)
+
+__all__ = [
+    "FINISH_EVENTS",
+    "PROMPT_FIELDS",
+    "BatchPrompt",
+    "batch_prompt",
+    "begin_run",
+    "cancel_run",
+    "claim_batch",
+    "close_run",
+    "emit",
+    "fail_run",
+    "fetch_messages",
+    "finish_run_if_done",
+    "parse_schedule",
+    "plan_run",
+    "process_batch",
+    "read_answer",
+    "resume_stale_runs",
+    "retry_failed_batches",
+    "run_state",
+    "save_proposals",
+    "start_run",
+    "start_scheduled_runs",
+    "to_pipeline",
+    "transition_run",
+]

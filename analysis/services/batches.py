@@ -1,0 +1,354 @@
+"""The pipeline of a run: fetch, prefilter and batch its messages once (`plan_run`), then
+for each batch claim it, ask the LLM and commit the batch with its proposals.
+
+A batch's LLM call happens outside any transaction; its commit is one transaction whose
+queries do not grow with the number of messages or proposals.
+"""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q, Subquery
+from django.utils import timezone
+
+from agents.llm import LLMError, LLMUsage, complete_json
+from agents.prompts import PromptMessage, numbered, system_prompt, user_prompt
+from analysis.models import AnalysisRun, Batch
+from analysis.pipeline import PipelineMessage, create_batches, prefilter_messages
+from analysis.services.runs import (
+    FINISH_EVENTS,
+    RUN_STATE_FIELDS,
+    _announce,
+    _finish_if_done,
+    emit,
+    finish_run_if_done,
+)
+from projects.models import Project
+from proposals.models import TaskProposal
+from proposals.services import NewProposal, ProposalData, create_proposals
+from sources.models import Message
+
+logger = logging.getLogger(__name__)
+Status = AnalysisRun.Status
+
+# The pipeline
+
+# What the pipeline reads of a message (not its raw update, often kilobytes).
+PROMPT_FIELDS = ("pk", "chat_id", "telegram_id", "author_name", "text", "sent_at", "reply_to_telegram_id")
+
+
+def fetch_messages(*, run: AnalysisRun) -> list[Message]:
+    """The messages of the run's window in the active chats its projects read."""
+    chat_ids = {cid for p in run.config_snapshot.get("projects", []) for cid in p["chat_ids"]}
+    restricted = set(run.chats.values_list("pk", flat=True))
+    if restricted:
+        chat_ids &= restricted
+    return list(
+        Message.objects.filter(
+            chat_id__in=chat_ids,
+            chat__is_active=True,
+            sent_at__gte=run.window_start,
+            sent_at__lt=run.window_end,
+        )
+        .order_by("sent_at", "pk")
+        .only(*PROMPT_FIELDS)
+    )
+
+
+def to_pipeline(messages: Sequence[Message]) -> list[PipelineMessage]:
+    pks = {(m.chat_id, m.telegram_id): m.pk for m in messages}
+    return [
+        PipelineMessage(
+            id=m.pk,
+            sent_at=m.sent_at,
+            author=m.author_name,
+            text=m.text,
+            reply_to=pks.get((m.chat_id, m.reply_to_telegram_id)) if m.reply_to_telegram_id else None,
+        )
+        for m in messages
+    ]
+
+
+@transaction.atomic
+def plan_run(*, run_id: int) -> list[int]:
+    """Fetch, prefilter and batch a running run's messages once; return the batches to do.
+
+    Idempotent: a run whose batches exist (a restarted task) gets its unfinished ones.
+    """
+    run = AnalysisRun.objects.select_for_update().get(pk=run_id)
+    if run.batches.exists():
+        return list(
+            run.batches.filter(status__in=[Batch.Status.PENDING, Batch.Status.RUNNING]).values_list(
+                "pk", flat=True
+            )
+        )
+    projects = run.config_snapshot.get("projects", [])
+    messages = fetch_messages(run=run)
+    kept = prefilter_messages(
+        to_pipeline(messages),
+        keywords=[k for p in projects for k in p["keywords"]],
+        exclude_keywords=[k for p in projects for k in p["exclude_keywords"]],
+    )
+    gap = min((p["batch_time_gap_minutes"] for p in projects), default=60)
+    planned = create_batches(
+        kept.kept, token_budget=run.assignment.agent.batch_token_budget, time_gap=timedelta(minutes=gap)
+    )
+    batches = Batch.objects.bulk_create(
+        Batch(run=run, index=i, message_ids=b.message_ids, token_count=b.tokens)
+        for i, b in enumerate(planned)
+    )
+    run.messages_fetched = len(messages)
+    run.messages_kept = len(kept.kept)
+    run.prefilter_stats = kept.stats
+    run.batches_total = len(batches)
+    run.save(update_fields=["messages_fetched", "messages_kept", "prefilter_stats", "batches_total"])
+    emit(run.pk, "progress_updated")
+    if not batches:
+        finish_run_if_done(run_id=run.pk)
+    return [b.pk for b in batches]
+
+
+def claim_batch(*, batch_id: int, claim_id: str) -> Batch | None:
+    """Take a pending batch of a running run (or one this same task held when its worker
+    died). A batch tried `ANALYSIS_MAX_BATCH_ATTEMPTS` times is failed instead of tried again.
+
+    The claim is one UPDATE whose WHERE tests the batch row's own columns (the run's status
+    through a plain subquery on `run_id`, no join), so PostgreSQL re-checks the batch's
+    condition on the row's newest version when two deliveries race (a join would make
+    Django select the row in a subquery on a stale snapshot and let both win).
+    """
+    claimable = Q(status=Batch.Status.PENDING) | Q(status=Batch.Status.RUNNING, claim_id=claim_id)
+    running = AnalysisRun.objects.filter(status=Status.RUNNING).values("pk")
+    claimed = Batch.objects.filter(claimable, pk=batch_id, run_id__in=Subquery(running)).update(
+        status=Batch.Status.RUNNING, claim_id=claim_id, attempts=F("attempts") + 1, started_at=timezone.now()
+    )
+    if not claimed:
+        return None
+    batch = Batch.objects.select_related(
+        "run__assignment__agent__provider", "run__assignment__task_config"
+    ).get(pk=batch_id)
+    if batch.attempts > settings.ANALYSIS_MAX_BATCH_ATTEMPTS:
+        _commit_batch(
+            batch=batch,
+            claim_id=claim_id,
+            usage=LLMUsage(),
+            error=f"Gave up after {batch.attempts - 1} attempts.",
+            kind="attempts",
+        )
+        return None
+    return batch
+
+
+@dataclass(frozen=True)
+class BatchPrompt:
+    system: str
+    user: str
+    lines: list[PromptMessage]  # the messages as shown, numbered 1..n
+    numbers: dict[int, int]  # a number of the prompt -> the message's id
+
+
+def batch_prompt(*, run: AnalysisRun, messages: Sequence[Message]) -> BatchPrompt:
+    """What the LLM is sent for a batch of `messages` (in order): the agent's and the task
+    config's instructions, the run's projects as context, the messages numbered from 1
+    (`agents.prompts.numbered`). The answer cites those numbers; `numbers` maps them back."""
+    agent, task_config = run.assignment.agent, run.assignment.task_config
+    context = {
+        "projects": [
+            {k: p[k] for k in ("slug", "name", "description", "glossary", "components") if p.get(k)}
+            for p in run.config_snapshot.get("projects", [])
+        ]
+    }
+    lines, numbers = numbered([m.prompt() for m in to_pipeline(messages)])
+    return BatchPrompt(system_prompt(agent, task_config), user_prompt(lines, context), lines, numbers)
+
+
+def process_batch(*, batch_id: int, claim_id: str) -> None:
+    """Ask the LLM for the batch's proposals and commit them with the batch. A failure
+    of the LLM or a malformed answer fails this batch only."""
+    batch = claim_batch(batch_id=batch_id, claim_id=claim_id)
+    if batch is None:
+        return
+    run = batch.run
+    agent, task_config = run.assignment.agent, run.assignment.task_config
+    messages = {
+        m.pk: m for m in Message.objects.filter(pk__in=batch.message_ids).order_by().only(*PROMPT_FIELDS)
+    }
+    prompt = batch_prompt(run=run, messages=[messages[pk] for pk in batch.message_ids if pk in messages])
+    try:
+        result = complete_json(
+            provider=agent.provider,
+            model=agent.model,
+            system_prompt=prompt.system,
+            user_prompt=prompt.user,
+            schema=task_config.response_schema,
+            schema_name="proposals",
+            temperature=agent.temperature,
+            max_output_tokens=agent.max_output_tokens,
+        )
+        # Read before the commit's transaction, which holds SQLite's write lock.
+        proposals, rejected = read_answer(
+            run=run, answer=result.data, messages=messages, numbers=prompt.numbers
+        )
+    except LLMError as exc:
+        _commit_batch(batch=batch, claim_id=claim_id, usage=exc.usage, error=exc.message, kind=exc.kind)
+        return
+    except Exception as exc:
+        # Fail the batch rather than leave it running for ever; the error is kept.
+        logger.exception("Batch %s of run %s failed unexpectedly", batch.pk, run.pk)
+        _commit_batch(
+            batch=batch, claim_id=claim_id, usage=LLMUsage(), error=f"Internal error: {exc}", kind="internal"
+        )
+        return
+    _commit_batch(batch=batch, claim_id=claim_id, usage=result.usage, proposals=proposals, rejected=rejected)
+
+
+@transaction.atomic
+def _commit_batch(
+    *,
+    batch: Batch,
+    claim_id: str,
+    usage: LLMUsage,
+    proposals: Sequence[NewProposal] = (),
+    rejected: Sequence[str] = (),
+    error: str = "",
+    kind: str = "",
+) -> None:
+    """Commit a batch's outcome, its proposals (`save_proposals`) and the run's counters in
+    one transaction, and send one run event for it on commit (the run's completion, when
+    this batch was its last). Its queries do not depend on the number of messages or
+    proposals."""
+    failed = bool(error)
+    # The claim's holder alone commits: the UPDATE is conditional on the claim, and locks
+    # the batch's row for the rest of the transaction.
+    held = Batch.objects.filter(pk=batch.pk, status=Batch.Status.RUNNING, claim_id=claim_id).update(
+        status=Batch.Status.FAILED if failed else Batch.Status.DONE,
+        error=error or "; ".join(rejected),
+        error_kind=kind,
+        finished_at=timezone.now(),
+        llm_calls=F("llm_calls") + usage.calls,
+        prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
+        completion_tokens=F("completion_tokens") + usage.completion_tokens,
+        llm_seconds=F("llm_seconds") + usage.latency_seconds,
+        cost=F("cost") + usage.cost,
+    )
+    if not held:
+        # Another delivery holds or finished the batch (its claim was released as stale
+        # and taken over): nothing counts twice.
+        return
+    run = batch.run
+    created = [] if failed else save_proposals(run=run, batch=batch, proposals=proposals)
+    AnalysisRun.objects.filter(pk=run.pk).update(
+        batches_done=F("batches_done") + (0 if failed else 1),
+        batches_failed=F("batches_failed") + (1 if failed else 0),
+        proposals_created=F("proposals_created") + len(created),
+        llm_calls=F("llm_calls") + usage.calls,
+        prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
+        completion_tokens=F("completion_tokens") + usage.completion_tokens,
+        llm_seconds=F("llm_seconds") + usage.latency_seconds,
+        cost=F("cost") + usage.cost,
+        event_seq=F("event_seq") + 1,
+    )
+    if not failed:
+        # A reply's parent repeated at the head of the next batch is already there.
+        RunMessage = AnalysisRun.messages.through
+        RunMessage.objects.bulk_create(
+            (RunMessage(analysisrun_id=run.pk, message_id=pk) for pk in batch.message_ids),
+            ignore_conflicts=True,
+        )
+    finished = _finish_if_done(run_id=run.pk)
+    state = AnalysisRun.objects.only(*RUN_STATE_FIELDS).get(pk=run.pk)
+    if finished:
+        event = FINISH_EVENTS[state.status]
+    else:
+        event = "proposals_created" if created else "progress_updated"
+    _announce(state, event)
+
+
+def _due_date(value: Any) -> date | None:
+    try:
+        return date.fromisoformat(value) if value else None
+    except (TypeError, ValueError):
+        return None
+
+
+def save_proposals(*, run: AnalysisRun, batch: Batch, proposals: Sequence[NewProposal]) -> list[TaskProposal]:
+    """Save a batch's proposals, each marked with what it repeats. Call inside the
+    transaction that commits the batch: it serialises duplicate detection between batches."""
+    return create_proposals(proposals=proposals, run=run, batch=batch) if proposals else []
+
+
+def read_answer(
+    *, run: AnalysisRun, answer: dict[str, Any], messages: dict[int, Message], numbers: dict[int, int]
+) -> tuple[list[NewProposal], list[str]]:
+    """Validate an answer's proposals, whose sources are the numbers of the batch's prompt
+    (`numbers` maps them to message ids). Returns the valid ones, ready to save, and the
+    reasons the others were rejected (numbers not in the batch, an unknown project, a bad
+    confidence)."""
+    items = answer.get("proposals", [])
+    if not items:
+        return [], []
+    projects = {
+        p.slug: p
+        for p in run.projects.prefetch_related("memberships__user").select_related("default_assignee")
+    }
+    new: list[NewProposal] = []
+    rejected: list[str] = []
+    for index, item in enumerate(items):
+        cited = [i for i in item.get("source_message_ids", []) if isinstance(i, int)]
+        outside = [i for i in cited if i not in numbers]
+        if not cited or outside:
+            rejected.append(f"proposal {index}: message ids {outside or cited} are not in the batch")
+            continue
+        ids = [numbers[i] for i in cited]
+        project = projects.get(str(item.get("project") or "")) or (
+            next(iter(projects.values())) if len(projects) == 1 else None
+        )
+        if project is None:
+            rejected.append(f"proposal {index}: project {item.get('project')!r} is not one of the run's")
+            continue
+        confidence = item.get("confidence")
+        if not isinstance(confidence, int | float) or not 0 <= confidence <= 1:
+            rejected.append(f"proposal {index}: confidence {confidence!r} is not between 0 and 1")
+            continue
+        data = ProposalData(
+            title=str(item.get("title") or "").strip() or "(untitled)",
+            description=str(item.get("description") or ""),
+            priority=item.get("priority") or "medium",
+            category=item.get("category") or "feature",
+            tags=[str(t) for t in item.get("tags") or []],
+            due_date=_due_date(item.get("due_date")),
+            confidence=float(confidence),
+            reasoning=str(item.get("reasoning") or ""),
+            recommendation=item.get("recommendation") or TaskProposal.Recommendation.NEW_TASK,
+            assignee_name=str(item.get("assignee") or ""),
+        )
+        new.append(
+            NewProposal(
+                project=project,
+                data=data,
+                source_messages=[messages[i] for i in ids if i in messages],
+                suggested_assignee=_assignee(project, data.assignee_name),
+            )
+        )
+    return new, rejected
+
+
+def _assignee(project: Project, name: str) -> Any:
+    """The team member the LLM named (username, full or first name), else the default."""
+    wanted = name.strip().lstrip("@").casefold()
+    if wanted:
+        for membership in project.memberships.all():
+            user = membership.user
+            names = {
+                user.get_username().casefold(),
+                user.get_full_name().casefold(),
+                user.first_name.casefold(),
+            }
+            if wanted in names - {""}:
+                return user
+    return project.default_assignee
