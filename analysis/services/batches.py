@@ -219,9 +219,9 @@ def _commit_batch(
     kind: str = "",
 ) -> None:
     """Commit a batch's outcome, its proposals (`save_proposals`) and the run's counters in
-    one transaction, and send one run event for it on commit (the run's completion, when
-    this batch was its last). Its queries do not depend on the number of messages or
-    proposals."""
+    one transaction, and send its run events on commit: `progress_updated`, then
+    `proposals_created` when it made some, then the run's completion when it was the last.
+    Its queries do not depend on the number of messages or proposals."""
     failed = bool(error)
     # The claim's holder alone commits: the UPDATE is conditional on the claim, and locks
     # the batch's row for the rest of the transaction.
@@ -242,6 +242,7 @@ def _commit_batch(
         return
     run = batch.run
     created = [] if failed else save_proposals(run=run, batch=batch, proposals=proposals)
+    events = ["progress_updated", "proposals_created"] if created else ["progress_updated"]
     AnalysisRun.objects.filter(pk=run.pk).update(
         batches_done=F("batches_done") + (0 if failed else 1),
         batches_failed=F("batches_failed") + (1 if failed else 0),
@@ -251,7 +252,7 @@ def _commit_batch(
         completion_tokens=F("completion_tokens") + usage.completion_tokens,
         llm_seconds=F("llm_seconds") + usage.latency_seconds,
         cost=F("cost") + usage.cost,
-        event_seq=F("event_seq") + 1,
+        event_seq=F("event_seq") + len(events),
     )
     if not failed:
         # A reply's parent repeated at the head of the next batch is already there.
@@ -261,12 +262,12 @@ def _commit_batch(
             ignore_conflicts=True,
         )
     finished = _finish_if_done(run_id=run.pk)
+    if finished:
+        AnalysisRun.objects.filter(pk=run.pk).update(event_seq=F("event_seq") + 1)
     state = AnalysisRun.objects.only(*RUN_STATE_FIELDS).get(pk=run.pk)
     if finished:
-        event = FINISH_EVENTS[state.status]
-    else:
-        event = "proposals_created" if created else "progress_updated"
-    _announce(state, event)
+        events.append(FINISH_EVENTS[state.status])
+    _announce(state, *events)
 
 
 def _due_date(value: Any) -> date | None:

@@ -52,10 +52,17 @@ def emit(run_id: int, event: str) -> None:
     _announce(AnalysisRun.objects.only(*RUN_STATE_FIELDS).get(pk=run_id), event)
 
 
-def _announce(run: AnalysisRun, event: str) -> None:
-    """Send `event` with the state of `run`, read after its event_seq was bumped, on commit."""
+def _announce(run: AnalysisRun, *events: str) -> None:
+    """Send `events` in order, numbered up to the run's event_seq (read after it was bumped
+    once per event), each with the state of `run`, on commit."""
     data = run_state(run)
-    transaction.on_commit(lambda: broadcast(run_group(run.pk), event, data, seq=run.event_seq))
+    first = run.event_seq - len(events) + 1
+
+    def send() -> None:
+        for seq, event in enumerate(events, start=first):
+            broadcast(run_group(run.pk), event, data, seq=seq)
+
+    transaction.on_commit(send)
 
 
 # What `run_state` reads (not the config snapshot nor the statistics, JSON to parse).

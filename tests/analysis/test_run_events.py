@@ -75,3 +75,9 @@ async def test_a_run_streams_numbered_events_in_order(
     assert final["batches_done"] == final["batches_total"] > 0
     assert final["proposals_created"] == 5
     assert final["prompt_tokens"] == 120 * final["batches_total"]
+    # A progress event once the batches are planned and after every batch; proposals and
+    # the end are announced after it.
+    assert names.count("progress_updated") == 1 + final["batches_total"]
+    assert all(
+        names[i - 1] == "progress_updated" for i, name in enumerate(names) if name == "proposals_created"
+    )
