@@ -152,6 +152,19 @@ class BatchPrompt:
     numbers: dict[int, int]  # a number of the prompt -> the message's id
 
 
+# What the LLM is told of each project, from the run's snapshot of its configuration (the
+# instructions refer to the language and priority rules; empty values are left out).
+PROJECT_CONTEXT_FIELDS = (
+    "slug",
+    "name",
+    "description",
+    "language",
+    "glossary",
+    "components",
+    "priority_rules",
+)
+
+
 def batch_prompt(*, run: AnalysisRun, messages: Sequence[Message]) -> BatchPrompt:
     """What the LLM is sent for a batch of `messages` (in order): the agent's and the task
     config's instructions, the run's projects as context, the messages numbered from 1
@@ -159,7 +172,7 @@ def batch_prompt(*, run: AnalysisRun, messages: Sequence[Message]) -> BatchPromp
     agent, task_config = run.assignment.agent, run.assignment.task_config
     context = {
         "projects": [
-            {k: p[k] for k in ("slug", "name", "description", "glossary", "components") if p.get(k)}
+            {k: p[k] for k in PROJECT_CONTEXT_FIELDS if p.get(k)}
             for p in run.config_snapshot.get("projects", [])
         ]
     }
