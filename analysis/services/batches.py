@@ -292,8 +292,17 @@ def _due_date(value: Any) -> date | None:
 
 def save_proposals(*, run: AnalysisRun, batch: Batch, proposals: Sequence[NewProposal]) -> list[TaskProposal]:
     """Save a batch's proposals, each marked with what it repeats. Call inside the
-    transaction that commits the batch: it serialises duplicate detection between batches."""
-    return create_proposals(proposals=proposals, run=run, batch=batch) if proposals else []
+    transaction that commits the batch.
+
+    The rows of the proposals' projects are locked first (in id order, so two batches never
+    wait on each other crosswise): batches of one project, of this run or another, detect
+    duplicates one after the other, each seeing the proposals of those committed before it.
+    On SQLite the write transaction already serialises them."""
+    if not proposals:
+        return []
+    project_ids = sorted({proposal.project.pk for proposal in proposals})
+    list(Project.objects.select_for_update().filter(pk__in=project_ids).order_by("pk").values_list("pk"))
+    return create_proposals(proposals=proposals, run=run, batch=batch)
 
 
 def read_answer(
