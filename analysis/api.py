@@ -14,7 +14,7 @@ from rest_framework.routers import SimpleRouter
 
 from agents.models import AgentTaskAssignment
 from analysis.models import AnalysisRun, Batch
-from analysis.selectors import can_operate_run, can_start_runs, runs_visible_to
+from analysis.selectors import can_operate_run, can_start_run_of, runs_visible_to
 from analysis.services import cancel_run, close_run, retry_failed_batches, start_run
 from projects.models import Project
 from sources.api import AwareDateTimeField
@@ -225,8 +225,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
         user = request.user
-        led = set(user.project_memberships.filter(role="lead").values_list("project_id", flat=True))
-        if not can_start_runs(user) or not (user.is_staff or {p.pk for p in data["projects"]} <= led):
+        if not can_start_run_of(user, data["projects"]):
             raise PermissionDenied("Only staff or the lead of every project can start this run.")
         run = start_run(
             window_start=data["window_start"],

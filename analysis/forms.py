@@ -2,9 +2,11 @@ from datetime import timedelta
 from typing import Any
 
 from django import forms
+from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
 from agents.models import AgentTaskAssignment
+from analysis.selectors import startable_projects
 from projects.models import Project
 
 
@@ -21,8 +23,10 @@ class NewRunForm(forms.Form):
     window_start = forms.DateTimeField(widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
     window_end = forms.DateTimeField(widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, user: AbstractBaseUser, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Only the projects this user may start runs of can be chosen (staff: all).
+        self.fields["projects"].queryset = startable_projects(user)
         now = timezone.localtime().replace(second=0, microsecond=0)
         self.fields["window_end"].initial = now.strftime("%Y-%m-%dT%H:%M")
         self.fields["window_start"].initial = (now - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M")

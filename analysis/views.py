@@ -47,7 +47,7 @@ def run_state_json(request: HttpRequest, run_id: int) -> JsonResponse:
 def run_new(request: HttpRequest) -> HttpResponse:
     if not can_start_runs(request.user):
         raise PermissionDenied
-    form = NewRunForm(request.POST or None)
+    form = NewRunForm(request.POST or None, user=request.user)
     if request.method == "POST" and form.is_valid():
         try:
             run = start_run(

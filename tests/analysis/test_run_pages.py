@@ -5,7 +5,13 @@ from django.urls import reverse
 from analysis.models import AnalysisRun, Batch
 from analysis.services import start_run
 from tests.analysis.helpers import WINDOW_END, WINDOW_START, make_setup
-from tests.factories import BatchFactory, UserFactory
+from tests.factories import (
+    BatchFactory,
+    ProjectConfigFactory,
+    ProjectFactory,
+    ProjectMembershipFactory,
+    UserFactory,
+)
 
 pytestmark = pytest.mark.django_db
 BASE_URL = "http://127.0.0.1:9/v1"
@@ -70,6 +76,31 @@ def test_someone_who_leads_no_project_cannot_start_runs(client: Client, setup) -
     client.force_login(UserFactory())
     assert client.get(reverse("analysis:run-new")).status_code == 403
     assert client.post(reverse("analysis:run-new"), form_data(setup)).status_code == 403
+
+
+def test_a_lead_can_only_start_runs_of_the_projects_they_lead(client: Client, setup) -> None:
+    other = ProjectFactory(name="Billing")
+    ProjectConfigFactory(project=other)
+    ProjectMembershipFactory(project=other, user=setup["lead"], role="member")
+    client.force_login(setup["lead"])
+
+    page = client.get(reverse("analysis:run-new"))
+    response = client.post(reverse("analysis:run-new"), {**form_data(setup), "projects": [other.pk]})
+
+    assert list(page.context["form"].fields["projects"].queryset) == [setup["project"]]
+    assert response.status_code == 400
+    assert "projects" in response.context["form"].errors
+    assert not AnalysisRun.objects.exists()
+
+
+def test_staff_may_start_runs_of_any_active_project(client: Client, setup) -> None:
+    other = ProjectFactory(name="Billing")
+    ProjectFactory(name="Archived", is_active=False)
+    client.force_login(UserFactory(is_staff=True))
+
+    page = client.get(reverse("analysis:run-new"))
+
+    assert set(page.context["form"].fields["projects"].queryset) == {setup["project"], other}
 
 
 def test_the_run_page_shows_the_state_and_its_config_version(client: Client, setup) -> None:
