@@ -3,7 +3,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Model, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -11,7 +11,28 @@ from django.urls import URLPattern, path
 
 from agents.models import Agent, AgentTaskAssignment, LLMProvider, TaskConfig
 from agents.prompts import PromptMessage
-from agents.services import request_provider_check, sample_messages, test_agent
+from agents.services import (
+    create_agent,
+    create_task_config,
+    request_provider_check,
+    sample_messages,
+    test_agent,
+    update_agent,
+    update_task_config,
+)
+
+
+def _form_fields(form: forms.ModelForm) -> dict[str, Any]:
+    """The model fields the form edits, with their cleaned values: what the service writes,
+    like a PUT of the API."""
+    model_fields = form._meta.model._meta.concrete_fields
+    return {f.name: form.cleaned_data[f.name] for f in model_fields if f.name in form.cleaned_data}
+
+
+def _take_saved_row(obj: Model, saved: Model) -> None:
+    # The admin goes on with the instance it passed to save_model (the inlines, the log
+    # entry, the redirect), so it becomes the row the service created.
+    vars(obj).update(vars(saved))
 
 
 class LLMProviderForm(forms.ModelForm):
@@ -230,6 +251,12 @@ class AgentAdmin(admin.ModelAdmin):
     ]
     inlines = [TaskConfigAssignmentInline]
 
+    def save_model(self, request: HttpRequest, obj: Agent, form: forms.ModelForm, change: bool) -> None:
+        if change:
+            update_agent(agent=obj, **_form_fields(form))
+        else:
+            _take_saved_row(obj, create_agent(**_form_fields(form)))
+
     def get_urls(self) -> list[URLPattern]:
         test_url = path(
             "<int:agent_id>/test/", self.admin_site.admin_view(self.test_view), name="agents_agent_test"
@@ -281,6 +308,12 @@ class TaskConfigAdmin(admin.ModelAdmin):
         "updated_at",
     ]
     inlines = [AgentAssignmentInline]
+
+    def save_model(self, request: HttpRequest, obj: TaskConfig, form: forms.ModelForm, change: bool) -> None:
+        if change:
+            update_task_config(task_config=obj, **_form_fields(form))
+        else:
+            _take_saved_row(obj, create_task_config(**_form_fields(form)))
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[TaskConfig]:
         return super().get_queryset(request).annotate(agent_count=Count("assignments"))

@@ -38,11 +38,15 @@ from agents.selectors import (
 from agents.services import (
     assign_task_config,
     check_provider_health,
+    create_agent,
     create_provider,
+    create_task_config,
     delete_configuration,
     sample_messages,
     test_agent,
+    update_agent,
     update_provider,
+    update_task_config,
 )
 from tasktracker.api import help_texts
 
@@ -448,6 +452,12 @@ class AgentViewSet(viewsets.ModelViewSet):
     def get_queryset(self) -> QuerySet[Agent]:
         return agent_list() if self.action == "list" else agent_detail()
 
+    def perform_create(self, serializer: AgentSerializer) -> None:
+        serializer.instance = create_agent(**serializer.validated_data)
+
+    def perform_update(self, serializer: AgentSerializer) -> None:
+        serializer.instance = update_agent(agent=serializer.instance, **serializer.validated_data)
+
     def perform_destroy(self, instance: Agent) -> None:
         delete_configuration(instance=instance)
 
@@ -526,6 +536,12 @@ class TaskConfigViewSet(viewsets.ModelViewSet):
 
     def get_queryset(self) -> QuerySet[TaskConfig]:
         return task_config_list() if self.action == "list" else task_config_detail()
+
+    def perform_create(self, serializer: TaskConfigSerializer) -> None:
+        serializer.instance = create_task_config(**serializer.validated_data)
+
+    def perform_update(self, serializer: TaskConfigSerializer) -> None:
+        serializer.instance = update_task_config(task_config=serializer.instance, **serializer.validated_data)
 
     def perform_destroy(self, instance: TaskConfig) -> None:
         delete_configuration(instance=instance)

@@ -179,7 +179,7 @@ def _explain(exc: LLMError) -> str:
     return f"{exc.message} {hint}".strip()
 
 
-# Written for the API; the admin's forms do the same through ModelAdmin.save_model.
+# Providers are written for the API; the admin's form does the same through ModelAdmin.save_model.
 
 _PROVIDER_FIELDS = frozenset(
     {
@@ -236,6 +236,71 @@ def update_provider(*, provider: LLMProvider, api_key: str | None = None, **fiel
         request_provider_check(provider=provider)
         provider.health, provider.health_error = LLMProvider.Health.PENDING, ""
     return provider
+
+
+_AGENT_FIELDS = frozenset(
+    {
+        "name",
+        "provider",
+        "model",
+        "system_prompt",
+        "temperature",
+        "max_output_tokens",
+        "batch_token_budget",
+        "is_active",
+    }
+)
+
+_TASK_CONFIG_FIELDS = frozenset({"name", "description", "instructions", "response_schema", "is_active"})
+
+
+def _check_fields(fields: dict[str, Any], *, editable: frozenset[str], kind: str) -> None:
+    unknown = set(fields) - editable
+    if unknown:
+        # A programming error, not a user's: timestamps and assignments are never set here.
+        raise TypeError(f"Not an editable {kind} field: {', '.join(sorted(unknown))}")
+
+
+@transaction.atomic
+def create_agent(**fields: Any) -> Agent:
+    """Create an agent. `fields` are Agent's editable fields, validated by the caller
+    (the provider active, the temperature in range)."""
+    _check_fields(fields, editable=_AGENT_FIELDS, kind="agent")
+    agent = Agent(**fields)
+    agent.save()
+    return agent
+
+
+@transaction.atomic
+def update_agent(*, agent: Agent, **fields: Any) -> Agent:
+    """Change an agent's editable fields, validated by the caller. Only the fields given are
+    written, so a change of another field made meanwhile is not undone."""
+    _check_fields(fields, editable=_AGENT_FIELDS, kind="agent")
+    for name, value in fields.items():
+        setattr(agent, name, value)
+    agent.save(update_fields=[*fields, "updated_at"])
+    return agent
+
+
+@transaction.atomic
+def create_task_config(**fields: Any) -> TaskConfig:
+    """Create a task config. `fields` are TaskConfig's editable fields, validated by the
+    caller (`response_schema` by the model's `validate_json_schema`)."""
+    _check_fields(fields, editable=_TASK_CONFIG_FIELDS, kind="task config")
+    task_config = TaskConfig(**fields)
+    task_config.save()
+    return task_config
+
+
+@transaction.atomic
+def update_task_config(*, task_config: TaskConfig, **fields: Any) -> TaskConfig:
+    """Change a task config's editable fields, validated by the caller. Only the fields given
+    are written, so a change of another field made meanwhile is not undone."""
+    _check_fields(fields, editable=_TASK_CONFIG_FIELDS, kind="task config")
+    for name, value in fields.items():
+        setattr(task_config, name, value)
+    task_config.save(update_fields=[*fields, "updated_at"])
+    return task_config
 
 
 @transaction.atomic
