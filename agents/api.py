@@ -510,7 +510,8 @@ class AgentViewSet(viewsets.ModelViewSet):
     ),
     update=extend_schema(
         summary="Change a task config",
-        description="Runs that already started keep the config they began with. "
+        description="Batches of a run in progress that have not been sent yet use the changed "
+        "config: a run snapshots its projects' configuration, not its task config. "
         + _WRITE.format(perm="change"),
         responses={200: TaskConfigSerializer, 403: _FORBIDDEN},
     ),
