@@ -13,11 +13,13 @@ from agents.models import Agent, AgentTaskAssignment, LLMProvider, TaskConfig
 from agents.prompts import PromptMessage
 from agents.services import (
     create_agent,
+    create_provider,
     create_task_config,
     request_provider_check,
     sample_messages,
     test_agent,
     update_agent,
+    update_provider,
     update_task_config,
 )
 
@@ -37,7 +39,8 @@ def _take_saved_row(obj: Model, saved: Model) -> None:
 
 class LLMProviderForm(forms.ModelForm):
     """The API key is write-only: the input never renders a value, and a blank one keeps
-    the stored key. `LLMProvider.api_key` encrypts what is assigned to it."""
+    the stored key (`LLMProviderAdmin.save_model` hands the key to the provider services,
+    which store it encrypted)."""
 
     api_key = forms.CharField(
         label="API key",
@@ -70,13 +73,6 @@ class LLMProviderForm(forms.ModelForm):
         if cleaned_data.get("api_key") and cleaned_data.get("clear_api_key"):
             raise forms.ValidationError("Enter a new API key or remove the key, not both.")
         return cleaned_data
-
-    def save(self, commit: bool = True) -> LLMProvider:
-        if self.cleaned_data.get("api_key"):
-            self.instance.api_key = self.cleaned_data["api_key"]
-        elif self.cleaned_data.get("clear_api_key"):
-            self.instance.api_key = ""
-        return super().save(commit=commit)
 
 
 @admin.register(LLMProvider)
@@ -130,10 +126,16 @@ class LLMProviderAdmin(admin.ModelAdmin):
         return obj.api_key_masked or self.get_empty_value_display()
 
     def save_model(self, request: HttpRequest, obj: LLMProvider, form: forms.ModelForm, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        # A new provider, or a new address or key, is checked again in the background.
-        if not change or {"base_url", "api_key", "clear_api_key"} & set(form.changed_data):
-            request_provider_check(provider=obj)
+        # Through the same services as the API: a new provider, or a new address or key, is
+        # checked again in the background once committed.
+        typed = form.cleaned_data.get("api_key")
+        api_key = typed if typed else ("" if form.cleaned_data.get("clear_api_key") else None)
+        if change:
+            # `obj` already holds the form's values; the service compares with the stored row.
+            stored = LLMProvider.objects.get(pk=obj.pk)
+            _take_saved_row(obj, update_provider(provider=stored, api_key=api_key, **_form_fields(form)))
+        else:
+            _take_saved_row(obj, create_provider(api_key=api_key or "", **_form_fields(form)))
 
     @admin.action(description="Check health (model list) now")
     def check_health(self, request: HttpRequest, queryset: QuerySet[LLMProvider]) -> None:

@@ -139,6 +139,44 @@ def test_creating_a_provider_queues_its_health_check(
     assert len(callbacks) == 1
 
 
+@pytest.mark.parametrize(
+    ("change", "rechecked"),
+    [
+        ({"name": "Renamed"}, False),
+        ({"api_key": "sk-old-secret-1234"}, False),  # the stored key typed again
+        ({"api_key": "sk-new-secret-9999"}, True),
+        ({"base_url": "http://127.0.0.1:9/v2"}, True),
+    ],
+)
+def test_a_provider_changed_in_the_admin_is_checked_again_only_for_a_new_address_or_key(
+    admin_client: Client, django_capture_on_commit_callbacks, change: dict, rechecked: bool
+) -> None:
+    provider = LLMProviderFactory(base_url="http://127.0.0.1:9/v1", health=LLMProvider.Health.CONNECTED)
+    provider.api_key = "sk-old-secret-1234"
+    provider.save()
+    data = {
+        "name": provider.name,
+        "base_url": provider.base_url,
+        "is_active": "on",
+        "timeout_seconds": 30,
+        "max_concurrency": 2,
+        "requests_per_minute": 60,
+        "price_per_1k_input": 0,
+        "price_per_1k_output": 0,
+        **change,
+    }
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = admin_client.post(reverse("admin:agents_llmprovider_change", args=[provider.pk]), data)
+
+    provider.refresh_from_db()
+    assert response.status_code == 302
+    assert provider.name == data["name"]
+    assert provider.api_key == data.get("api_key", "sk-old-secret-1234")
+    assert len(callbacks) == (1 if rechecked else 0)
+    assert (provider.health == LLMProvider.Health.PENDING) is rechecked
+
+
 def test_a_health_check_records_the_models_or_the_reason(fake_openai: FakeOpenAI) -> None:
     provider = LLMProviderFactory(base_url=fake_openai.base_url)
     checked = check_provider_health(provider_id=provider.pk)
