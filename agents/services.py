@@ -6,10 +6,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import IntegrityError, transaction
-from django.db.models import ProtectedError
+from django.db.models import Model, ProtectedError
 from django.utils import timezone
 
 from agents import tasks
@@ -23,6 +23,8 @@ from agents.llm import LLMError, complete_json, list_models
 from agents.models import Agent, AgentTaskAssignment, LLMProvider, TaskConfig
 from agents.prompts import PromptMessage, system_prompt, user_prompt
 from tasktracker.exceptions import DomainError
+
+ModelT = TypeVar("ModelT", bound=Model)
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +181,7 @@ def _explain(exc: LLMError) -> str:
     return f"{exc.message} {hint}".strip()
 
 
-# Providers are written for the API; the admin's form does the same through ModelAdmin.save_model.
+# Providers, agents and task configs: the API and the admin write them through these.
 
 _PROVIDER_FIELDS = frozenset(
     {
@@ -195,18 +197,27 @@ _PROVIDER_FIELDS = frozenset(
 )
 
 
-def _check_provider_fields(fields: dict[str, Any]) -> None:
-    unknown = set(fields) - _PROVIDER_FIELDS
+def _check_fields(fields: dict[str, Any], *, editable: frozenset[str], kind: str) -> None:
+    unknown = set(fields) - editable
     if unknown:
-        # A programming error, not a user's: health and the encrypted key are never set here.
-        raise TypeError(f"Not an editable provider field: {', '.join(sorted(unknown))}")
+        # A programming error, not a user's: timestamps, health and keys are never set here.
+        raise TypeError(f"Not an editable {kind} field: {', '.join(sorted(unknown))}")
+
+
+def _save_fields(instance: ModelT, fields: dict[str, Any]) -> ModelT:
+    """Set and write only `fields` (and `updated_at`): a change of another field made
+    meanwhile is not undone."""
+    for name, value in fields.items():
+        setattr(instance, name, value)
+    instance.save(update_fields=[*fields, "updated_at"])
+    return instance
 
 
 @transaction.atomic
 def create_provider(*, api_key: str = "", **fields: Any) -> LLMProvider:
     """Create a provider (its key stored encrypted) and check it in the background once
     committed. `fields` are LLMProvider's editable fields, validated by the caller."""
-    _check_provider_fields(fields)
+    _check_fields(fields, editable=_PROVIDER_FIELDS, kind="provider")
     provider = LLMProvider(**fields)
     provider.api_key = api_key
     provider.save()
@@ -221,7 +232,7 @@ def update_provider(*, provider: LLMProvider, api_key: str | None = None, **fiel
     A new base URL or key makes the provider pending and checks it again once committed.
     Only the fields given are written, so a health check finishing meanwhile is not undone.
     """
-    _check_provider_fields(fields)
+    _check_fields(fields, editable=_PROVIDER_FIELDS, kind="provider")
     recheck = ("base_url" in fields and fields["base_url"] != provider.base_url) or (
         api_key is not None and api_key != provider.api_key
     )
@@ -254,13 +265,6 @@ _AGENT_FIELDS = frozenset(
 _TASK_CONFIG_FIELDS = frozenset({"name", "description", "instructions", "response_schema", "is_active"})
 
 
-def _check_fields(fields: dict[str, Any], *, editable: frozenset[str], kind: str) -> None:
-    unknown = set(fields) - editable
-    if unknown:
-        # A programming error, not a user's: timestamps and assignments are never set here.
-        raise TypeError(f"Not an editable {kind} field: {', '.join(sorted(unknown))}")
-
-
 @transaction.atomic
 def create_agent(**fields: Any) -> Agent:
     """Create an agent. `fields` are Agent's editable fields, validated by the caller
@@ -276,10 +280,7 @@ def update_agent(*, agent: Agent, **fields: Any) -> Agent:
     """Change an agent's editable fields, validated by the caller. Only the fields given are
     written, so a change of another field made meanwhile is not undone."""
     _check_fields(fields, editable=_AGENT_FIELDS, kind="agent")
-    for name, value in fields.items():
-        setattr(agent, name, value)
-    agent.save(update_fields=[*fields, "updated_at"])
-    return agent
+    return _save_fields(agent, fields)
 
 
 @transaction.atomic
@@ -297,10 +298,7 @@ def update_task_config(*, task_config: TaskConfig, **fields: Any) -> TaskConfig:
     """Change a task config's editable fields, validated by the caller. Only the fields given
     are written, so a change of another field made meanwhile is not undone."""
     _check_fields(fields, editable=_TASK_CONFIG_FIELDS, kind="task config")
-    for name, value in fields.items():
-        setattr(task_config, name, value)
-    task_config.save(update_fields=[*fields, "updated_at"])
-    return task_config
+    return _save_fields(task_config, fields)
 
 
 @transaction.atomic

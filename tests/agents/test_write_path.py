@@ -9,22 +9,11 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from agents.models import Agent, TaskConfig
+from tests.agents.test_agent_services import AGENT_FIELDS, SCHEMA, TASK_CONFIG_FIELDS
 from tests.factories import AgentFactory, LLMProviderFactory, TaskConfigFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
-AGENT_FIELDS = [
-    "name",
-    "provider",
-    "model",
-    "system_prompt",
-    "temperature",
-    "max_output_tokens",
-    "batch_token_budget",
-    "is_active",
-]
-TASK_CONFIG_FIELDS = ["name", "description", "instructions", "response_schema", "is_active"]
-SCHEMA = {"type": "object", "properties": {"chores": {"type": "array", "items": {"type": "string"}}}}
 NO_INLINES = {"assignments-TOTAL_FORMS": 0, "assignments-INITIAL_FORMS": 0}
 
 

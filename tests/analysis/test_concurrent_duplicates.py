@@ -58,7 +58,7 @@ def test_a_batch_committing_while_another_holds_the_project_sees_its_proposals(
     worker.join(timeout=30)
 
     repeat = TaskProposal.objects.exclude(pk=first.pk).get(source_messages=asked)
-    assert waited, "the batch did not wait for the project's lock"
+    assert waited, "the batch did not wait for the other transaction"
     assert not worker.is_alive()
     assert repeat.similar_proposal_id == first.pk
     assert repeat.similarity_kind == TaskProposal.SimilarityKind.SAME_MESSAGES
