@@ -26,7 +26,7 @@ def run_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
-    run = get_object_or_404(runs_visible_to(request.user).prefetch_related("projects", "batches"), pk=run_id)
+    run = get_object_or_404(runs_visible_to(request.user).prefetch_related("projects"), pk=run_id)
     context: dict[str, Any] = {
         "run": run,
         "state": run_state(run),
@@ -38,7 +38,8 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
 
 @login_required
 def run_state_json(request: HttpRequest, run_id: int) -> JsonResponse:
-    """The snapshot a run page loads before applying live events newer than its `seq`."""
+    """The snapshot a run page loads before applying live events newer than its `seq`, and
+    again when it sees a gap in their numbers: the run's counters and its batches."""
     run = get_object_or_404(runs_visible_to(request.user), pk=run_id)
     return JsonResponse(run_state(run))
 

@@ -115,32 +115,39 @@ def plan_run(*, run_id: int) -> list[int]:
 
 def claim_batch(*, batch_id: int, claim_id: str) -> Batch | None:
     """Take a pending batch of a running run (or one this same task held when its worker
-    died). A batch tried `ANALYSIS_MAX_BATCH_ATTEMPTS` times is failed instead of tried again.
+    died) and announce it (`batch_started`, numbered with the run's other events, sent on
+    commit). A batch tried `ANALYSIS_MAX_BATCH_ATTEMPTS` times is failed instead of tried again.
 
     The claim is one UPDATE whose WHERE tests the batch row's own columns (the run's status
     through a plain subquery on `run_id`, no join), so PostgreSQL re-checks the batch's
     condition on the row's newest version when two deliveries race (a join would make
-    Django select the row in a subquery on a stale snapshot and let both win).
+    Django select the row in a subquery on a stale snapshot and let both win). The claim
+    and its event's number commit together: a page never sees one without the other.
     """
     claimable = Q(status=Batch.Status.PENDING) | Q(status=Batch.Status.RUNNING, claim_id=claim_id)
     running = AnalysisRun.objects.filter(status=Status.RUNNING).values("pk")
-    claimed = Batch.objects.filter(claimable, pk=batch_id, run_id__in=Subquery(running)).update(
-        status=Batch.Status.RUNNING, claim_id=claim_id, attempts=F("attempts") + 1, started_at=timezone.now()
-    )
-    if not claimed:
-        return None
-    batch = Batch.objects.select_related(
-        "run__assignment__agent__provider", "run__assignment__task_config"
-    ).get(pk=batch_id)
-    if batch.attempts > settings.ANALYSIS_MAX_BATCH_ATTEMPTS:
-        _commit_batch(
-            batch=batch,
+    with transaction.atomic():
+        claimed = Batch.objects.filter(claimable, pk=batch_id, run_id__in=Subquery(running)).update(
+            status=Batch.Status.RUNNING,
             claim_id=claim_id,
-            usage=LLMUsage(),
-            error=f"Gave up after {batch.attempts - 1} attempts.",
-            kind="attempts",
+            attempts=F("attempts") + 1,
+            started_at=timezone.now(),
         )
-        return None
+        if not claimed:
+            return None
+        batch = Batch.objects.select_related(
+            "run__assignment__agent__provider", "run__assignment__task_config"
+        ).get(pk=batch_id)
+        if batch.attempts > settings.ANALYSIS_MAX_BATCH_ATTEMPTS:
+            _commit_batch(
+                batch=batch,
+                claim_id=claim_id,
+                usage=LLMUsage(),
+                error=f"Gave up after {batch.attempts - 1} attempts.",
+                kind="attempts",
+            )
+            return None
+        emit(batch.run_id, "batch_started")
     return batch
 
 

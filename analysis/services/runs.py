@@ -11,7 +11,7 @@ from typing import Any
 from celery.schedules import ParseException, crontab
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import Case, CharField, F, Q, TextField, Value, When
+from django.db.models import Case, CharField, Count, F, Q, TextField, Value, When
 from django.utils import timezone
 
 from agents.models import AgentTaskAssignment
@@ -47,7 +47,7 @@ def transition_run(*, run_id: int, to: str, **fields: Any) -> bool:
 
 
 def emit(run_id: int, event: str) -> None:
-    """Number and send a run event after commit, with the run's counters as data."""
+    """Number and send a run event after commit, with the run's state (`run_state`) as data."""
     AnalysisRun.objects.filter(pk=run_id).update(event_seq=F("event_seq") + 1)
     _announce(AnalysisRun.objects.only(*RUN_STATE_FIELDS).get(pk=run_id), event)
 
@@ -65,10 +65,14 @@ def _announce(run: AnalysisRun, *events: str) -> None:
     transaction.on_commit(send)
 
 
-# What `run_state` reads (not the config snapshot nor the statistics, JSON to parse).
+# What `run_state` reads (not the config snapshot nor the review statistics, JSON to parse;
+# the prefilter's counts are a few keys).
 RUN_STATE_FIELDS = (
     "status",
     "event_seq",
+    "window_start",
+    "window_end",
+    "prefilter_stats",
     "messages_fetched",
     "messages_kept",
     "batches_total",
@@ -85,7 +89,12 @@ RUN_STATE_FIELDS = (
 
 
 def run_state(run: AnalysisRun) -> dict[str, Any]:
-    """What a browser shows of a run: the snapshot it loads and the data of every event."""
+    """What a browser shows of a run: the snapshot it loads and the data of every event.
+
+    Complete (the run's counters and every batch's state), so a page re-renders from the
+    newest one it has. Costs one query (the batches), whatever their number.
+    """
+    done_percent, failed_percent = _progress_parts(run)
     return {
         "id": run.pk,
         "status": run.status,
@@ -97,13 +106,91 @@ def run_state(run: AnalysisRun) -> dict[str, Any]:
         "batches_failed": run.batches_failed,
         "proposals_created": run.proposals_created,
         "progress_percent": run.progress_percent,
+        "done_percent": done_percent,
+        "failed_percent": failed_percent,
+        "progress_label": _progress_label(run),
         "llm_calls": run.llm_calls,
         "prompt_tokens": run.prompt_tokens,
         "completion_tokens": run.completion_tokens,
         "llm_seconds": round(run.llm_seconds, 3),
         "cost": str(run.cost),
         "error": run.error,
+        "notice": _empty_run_notice(run),
+        "prefilter_summary": f"Dropped by the prefilter: {_dropped(run)}." if run.prefilter_stats else "",
+        "batches": batch_states(run_id=run.pk),
     }
+
+
+def batch_states(*, run_id: int) -> list[dict[str, Any]]:
+    """Every batch of a run as its page's table shows it, in index order, in one query."""
+    rows = (
+        Batch.objects.filter(run_id=run_id)
+        .order_by("index")
+        .annotate(proposal_count=Count("proposals"))
+        .values(
+            "index",
+            "status",
+            "message_ids",
+            "token_count",
+            "attempts",
+            "llm_seconds",
+            "error",
+            "error_kind",
+            "proposal_count",
+        )
+    )
+    return [
+        {
+            "index": row["index"],
+            "status": row["status"],
+            "messages": len(row["message_ids"]),
+            "tokens": row["token_count"],
+            "proposals": row["proposal_count"],
+            "attempts": row["attempts"],
+            "llm_seconds": round(row["llm_seconds"], 3),
+            "error": row["error"],
+            "error_kind": row["error_kind"],
+        }
+        for row in rows
+    ]
+
+
+def _progress_parts(run: AnalysisRun) -> tuple[int, int]:
+    """The percentages of the bar's done and failed parts; they add up to `progress_percent`."""
+    if not run.batches_total:
+        return run.progress_percent, 0
+    failed = round(100 * run.batches_failed / run.batches_total)
+    return run.progress_percent - failed, failed
+
+
+def _progress_label(run: AnalysisRun) -> str:
+    if not run.batches_total:
+        return "No batches" if run.status in (Status.COMPLETED, Status.CLOSED) else "No batches planned yet"
+    label = f"{run.batches_done} of {run.batches_total} batches done"
+    return f"{label}, {run.batches_failed} failed" if run.batches_failed else label
+
+
+def _empty_run_notice(run: AnalysisRun) -> str:
+    """Why a finished run had nothing to analyse, instead of an unexplained 0 / 0."""
+    if run.status not in (Status.COMPLETED, Status.CLOSED) or run.messages_kept:
+        return ""
+    window = f"from {_minute(run.window_start)} to {_minute(run.window_end)}"
+    if not run.messages_fetched:
+        return f"No messages in this window ({window}) in the chats of its projects: choose a wider window."
+    return (
+        f"The prefilter dropped all {run.messages_fetched} messages of this window ({window})"
+        f"{f': {_dropped(run)}' if run.prefilter_stats else ''}. Nothing was left to send to the LLM:"
+        " check the projects' keywords and exclude keywords, or choose a wider window."
+    )
+
+
+def _dropped(run: AnalysisRun) -> str:
+    # Sorted: PostgreSQL's jsonb keeps a dict's keys in an order of its own.
+    return ", ".join(f"{reason.replace('_', ' ')} {n}" for reason, n in sorted(run.prefilter_stats.items()))
+
+
+def _minute(moment: datetime) -> str:
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M")
 
 
 # Starting

@@ -1,26 +1,70 @@
 // Live run progress: load the run's snapshot over HTTP, then apply numbered WebSocket
-// events newer than it. On a dropped connection, reconnect and reload the snapshot, so
-// a lost event never leaves a wrong screen.
+// events newer than it. Every event carries the run's whole state (its counters and every
+// batch), so the page re-renders from the newest one and ignores older ones that arrive
+// late. A gap in the numbers, or a dropped connection, reloads the snapshot, so a lost
+// event never leaves a wrong screen.
 (function () {
   "use strict";
   const root = document.getElementById("run");
   if (!root) return;
   const live = document.getElementById("live");
+  const bar = document.getElementById("progress");
+  const batchRows = root.querySelector("#batches tbody");
   const finished = new Set(["completed", "failed", "cancelled", "closed"]);
+  const batchColumns = ["index", "status", "messages", "tokens", "proposals", "attempts", "llm_seconds", "error"];
   let seq = -1;
   let retry = 500;
+  let reloading = null;
+  let again = false;
+
+  function cell(column, batch) {
+    const td = document.createElement("td");
+    if (column === "status") {
+      const badge = document.createElement("span");
+      badge.className = "badge " + batch.status;
+      badge.textContent = batch.status;
+      td.append(badge);
+    } else {
+      if (column === "error") td.className = "error-text";
+      td.textContent = batch[column];
+    }
+    return td;
+  }
+
+  function renderBatches(state) {
+    const rows = state.batches.map((batch) => {
+      const tr = document.createElement("tr");
+      tr.dataset.batch = batch.index;
+      tr.dataset.status = batch.status;
+      tr.append(...batchColumns.map((column) => cell(column, batch)));
+      return tr;
+    });
+    if (!rows.length) {
+      const tr = document.createElement("tr");
+      tr.className = "empty";
+      const td = document.createElement("td");
+      td.colSpan = batchColumns.length;
+      td.className = "muted";
+      td.textContent = finished.has(state.status) ? "No batches." : "Not planned yet.";
+      tr.append(td);
+      rows.push(tr);
+    }
+    batchRows.replaceChildren(...rows);
+  }
 
   function render(state) {
     for (const el of root.querySelectorAll("[data-field]")) {
       const name = el.dataset.field;
-      if (name === "progress_bar") {
-        el.style.width = state.progress_percent + "%";
-        el.parentElement.setAttribute("aria-valuenow", state.progress_percent);
-      } else if (name in state) {
+      if (name in state) {
         el.textContent = state[name];
         if (name === "status") el.className = "badge " + state.status;
       }
     }
+    bar.querySelector('[data-part="done"]').style.width = state.done_percent + "%";
+    bar.querySelector('[data-part="failed"]').style.width = state.failed_percent + "%";
+    bar.setAttribute("aria-valuenow", state.progress_percent);
+    bar.setAttribute("aria-valuetext", state.progress_label);
+    renderBatches(state);
     root.dataset.status = state.status;
   }
 
@@ -35,17 +79,41 @@
     if (response.ok) apply(await response.json());
   }
 
+  // One reload at a time, so a burst of gaps asks for few snapshots; but a reload asked for
+  // while one is on its way fetches again after it: the snapshot on its way may predate
+  // what the gap hides.
+  function reload() {
+    if (reloading) {
+      again = true;
+      return reloading;
+    }
+    reloading = (async () => {
+      do {
+        again = false;
+        await snapshot();
+      } while (again);
+    })().finally(() => (reloading = null));
+    return reloading;
+  }
+
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const socket = new WebSocket(`${scheme}://${location.host}/ws/runs/${root.dataset.runId}/`);
     socket.onopen = async () => {
       retry = 500;
-      live.textContent = "live";
-      await snapshot();
+      // Live once the snapshot taken after connecting is shown: events from here on apply to it.
+      try {
+        await reload();
+      } finally {
+        live.textContent = "live";
+      }
     };
     socket.onmessage = (message) => {
       const event = JSON.parse(message.data);
-      if (event.seq > seq) apply({ ...event.data, seq: event.seq });
+      if (event.seq <= seq) return; // older than what is shown: it arrived late
+      const gap = seq >= 0 && event.seq > seq + 1;
+      apply({ ...event.data, seq: event.seq });
+      if (gap) reload();
     };
     socket.onclose = () => {
       if (finished.has(root.dataset.status)) {

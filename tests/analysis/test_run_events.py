@@ -1,4 +1,5 @@
-"""Run events reach a subscribed browser over the real channel layer, numbered and in order."""
+"""Run events reach a subscribed browser over the real channel layer, numbered and in order,
+each with the run's whole state: its counters and every batch's."""
 
 from collections.abc import AsyncIterator
 
@@ -9,12 +10,12 @@ from django.db import connections
 from django.test import Client
 
 from analysis import services
-from analysis.models import AnalysisRun
+from analysis.models import AnalysisRun, Batch
 from conftest import WorkerProcess
 from tasktracker.asgi import application
 from tasktracker.celery import app as celery_app
 from tests.analysis.helpers import WINDOW_END, WINDOW_START, make_setup
-from tests.fakes.openai_server import FakeOpenAI, propose_actionable
+from tests.fakes.openai_server import FakeOpenAI, FakeReply, propose_actionable
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -45,13 +46,14 @@ def run_pipeline(run_id: int) -> None:
         services.process_batch(batch_id=batch_id, claim_id=f"test-{batch_id}")
 
 
-async def test_a_run_streams_numbered_events_in_order(
-    fake_openai: FakeOpenAI, worker_process: WorkerProcess
-) -> None:
-    # This test drives the pipeline itself: no worker may take the run's task meanwhile.
-    await sync_to_async(worker_process.stop)()
-    fake_openai.default = propose_actionable
-    run, session = await sync_to_async(prepare)(fake_openai.base_url)
+def planned(base_url: str) -> tuple[AnalysisRun, str, list[int]]:
+    """A running run with its batches planned and none processed; a session to watch it."""
+    run, session = prepare(base_url)
+    services.begin_run(run_id=run.pk)
+    return run, session, services.plan_run(run_id=run.pk)
+
+
+async def watch(run: AnalysisRun, session: str) -> WebsocketCommunicator:
     communicator = WebsocketCommunicator(
         application,
         f"/ws/runs/{run.pk}/",
@@ -59,6 +61,21 @@ async def test_a_run_streams_numbered_events_in_order(
     )
     connected, _ = await communicator.connect(timeout=5)
     assert connected
+    return communicator
+
+
+def statuses(event: dict) -> list[str]:
+    return [batch["status"] for batch in event["data"]["batches"]]
+
+
+async def test_a_run_streams_numbered_events_in_order(
+    fake_openai: FakeOpenAI, worker_process: WorkerProcess
+) -> None:
+    # This test drives the pipeline itself: no worker may take the run's task meanwhile.
+    await sync_to_async(worker_process.stop)()
+    fake_openai.default = propose_actionable
+    run, session = await sync_to_async(prepare)(fake_openai.base_url)
+    communicator = await watch(run, session)
     await sync_to_async(run_pipeline)(run.pk)
     events = []
     while not events or events[-1]["event"] not in ("run_completed", "run_failed"):
@@ -81,3 +98,52 @@ async def test_a_run_streams_numbered_events_in_order(
     assert all(
         names[i - 1] == "progress_updated" for i, name in enumerate(names) if name == "proposals_created"
     )
+    # Each batch is announced running when claimed, and done in the events after it.
+    started = [e for e in events if e["event"] == "batch_started"]
+    assert [statuses(e).index("running") for e in started] == list(range(final["batches_total"]))
+    assert statuses(events[-1]) == ["done"] * final["batches_total"]
+    assert sum(batch["proposals"] for batch in final["batches"]) == 5
+
+
+async def test_a_batch_is_announced_running_then_failed_with_its_error(
+    fake_openai: FakeOpenAI, worker_process: WorkerProcess
+) -> None:
+    await sync_to_async(worker_process.stop)()
+    run, session, batch_ids = await sync_to_async(planned)(fake_openai.base_url)
+    communicator = await watch(run, session)
+    fake_openai.replies.append(FakeReply.refused())
+
+    await sync_to_async(services.process_batch)(batch_id=batch_ids[0], claim_id="test-0")
+    started = await communicator.receive_json_from(timeout=5)
+    failed = await communicator.receive_json_from(timeout=5)
+    await communicator.disconnect()
+
+    others = ["pending"] * (len(batch_ids) - 1)
+    assert started["event"] == "batch_started"
+    assert statuses(started) == ["running", *others]
+    assert started["data"]["batches"][0]["attempts"] == 1
+    assert (failed["event"], failed["seq"]) == ("progress_updated", started["seq"] + 1)
+    assert statuses(failed) == ["failed", *others]
+    assert failed["data"]["batches"][0]["error"] == "The model refused: I can't help with that."
+    assert failed["data"]["batches_failed"] == 1
+    assert failed["data"]["failed_percent"] > 0
+    assert failed["data"]["progress_label"] == f"0 of {len(batch_ids)} batches done, 1 failed"
+
+
+async def test_a_batch_out_of_attempts_is_failed_without_being_announced_running(
+    fake_openai: FakeOpenAI, worker_process: WorkerProcess, settings
+) -> None:
+    await sync_to_async(worker_process.stop)()
+    run, session, batch_ids = await sync_to_async(planned)(fake_openai.base_url)
+    tries = settings.ANALYSIS_MAX_BATCH_ATTEMPTS
+    await sync_to_async(Batch.objects.filter(pk=batch_ids[0]).update)(attempts=tries)
+    communicator = await watch(run, session)
+
+    await sync_to_async(services.process_batch)(batch_id=batch_ids[0], claim_id="test-0")
+    event = await communicator.receive_json_from(timeout=5)
+    await communicator.disconnect()
+
+    assert event["event"] == "progress_updated"
+    assert statuses(event)[0] == "failed"
+    assert event["data"]["batches"][0]["error"] == f"Gave up after {tries} attempts."
+    assert fake_openai.requests == []

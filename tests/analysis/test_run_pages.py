@@ -1,15 +1,21 @@
+import re
+from datetime import timedelta
+
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from analysis.models import AnalysisRun, Batch
-from analysis.services import start_run
+from analysis.services import begin_run, plan_run, start_run
 from tests.analysis.helpers import WINDOW_END, WINDOW_START, make_setup
 from tests.factories import (
     BatchFactory,
     ProjectConfigFactory,
     ProjectFactory,
     ProjectMembershipFactory,
+    TaskProposalFactory,
     UserFactory,
 )
 
@@ -22,13 +28,46 @@ def setup(django_capture_on_commit_callbacks) -> dict:
     return make_setup(BASE_URL)
 
 
-def new_run(setup: dict) -> AnalysisRun:
+def new_run(setup: dict, *, window_start=WINDOW_START, window_end=WINDOW_END) -> AnalysisRun:
     return start_run(
-        window_start=WINDOW_START,
-        window_end=WINDOW_END,
+        window_start=window_start,
+        window_end=window_end,
         projects=[setup["project"]],
         assignment=setup["assignment"],
     )
+
+
+def planned(run: AnalysisRun) -> AnalysisRun:
+    """The run begun and its batches planned, as its task does before queueing them."""
+    begin_run(run_id=run.pk)
+    plan_run(run_id=run.pk)
+    run.refresh_from_db()
+    return run
+
+
+def with_batches(setup: dict) -> AnalysisRun:
+    """A running run with a done batch (two proposals), a failed one and a pending one."""
+    run = new_run(setup)
+    AnalysisRun.objects.filter(pk=run.pk).update(
+        status=AnalysisRun.Status.RUNNING, batches_total=3, batches_done=1, batches_failed=1, event_seq=7
+    )
+    done = BatchFactory(
+        run=run, index=0, status=Batch.Status.DONE, message_ids=[1, 2, 3], token_count=50, attempts=1
+    )
+    TaskProposalFactory.create_batch(2, run=run, batch=done, project=setup["project"])
+    BatchFactory(
+        run=run,
+        index=1,
+        status=Batch.Status.FAILED,
+        message_ids=[4, 5],
+        token_count=40,
+        attempts=3,
+        llm_seconds=1.23456,
+        error="Fake provider kept answering with server errors (3 attempts).",
+        error_kind="server_error",
+    )
+    BatchFactory(run=run, index=2, message_ids=[6], token_count=10)
+    return run
 
 
 def form_data(setup: dict) -> dict:
@@ -121,6 +160,140 @@ def test_the_state_snapshot_is_json_with_the_event_number(client: Client, setup)
     assert state["status"] == "pending"
     assert state["seq"] == 0
     assert state["batches_total"] == 0
+    assert state["batches"] == []
+    assert state["notice"] == ""
+
+
+def test_the_state_snapshot_has_every_batch_with_its_error(client: Client, setup) -> None:
+    run = with_batches(setup)
+    client.force_login(setup["lead"])
+
+    state = client.get(reverse("analysis:run-state", args=[run.pk])).json()
+
+    assert state["seq"] == 7
+    assert state["batches"] == [
+        {
+            "index": 0,
+            "status": "done",
+            "messages": 3,
+            "tokens": 50,
+            "proposals": 2,
+            "attempts": 1,
+            "llm_seconds": 0.0,
+            "error": "",
+            "error_kind": "",
+        },
+        {
+            "index": 1,
+            "status": "failed",
+            "messages": 2,
+            "tokens": 40,
+            "proposals": 0,
+            "attempts": 3,
+            "llm_seconds": 1.235,
+            "error": "Fake provider kept answering with server errors (3 attempts).",
+            "error_kind": "server_error",
+        },
+        {
+            "index": 2,
+            "status": "pending",
+            "messages": 1,
+            "tokens": 10,
+            "proposals": 0,
+            "attempts": 0,
+            "llm_seconds": 0.0,
+            "error": "",
+            "error_kind": "",
+        },
+    ]
+    # The bar's parts: a third done, a third failed.
+    assert (state["progress_percent"], state["done_percent"], state["failed_percent"]) == (67, 34, 33)
+    assert state["progress_label"] == "1 of 3 batches done, 1 failed"
+
+
+def test_the_state_snapshot_costs_the_same_queries_for_more_batches(client: Client, setup) -> None:
+    run = with_batches(setup)
+    client.force_login(setup["lead"])
+    url = reverse("analysis:run-state", args=[run.pk])
+    client.get(url)  # the session and the user, cached from here on
+    with CaptureQueriesContext(connection) as few:
+        assert len(client.get(url).json()["batches"]) == 3
+    for index in range(3, 23):
+        batch = BatchFactory(run=run, index=index, status=Batch.Status.DONE, message_ids=[index])
+        TaskProposalFactory(run=run, batch=batch, project=setup["project"])
+
+    with CaptureQueriesContext(connection) as many:
+        assert len(client.get(url).json()["batches"]) == 23
+
+    assert len(many) == len(few)
+
+
+def test_the_run_page_renders_batches_and_a_failed_part_of_the_bar_without_javascript(
+    client: Client, setup
+) -> None:
+    run = with_batches(setup)
+    client.force_login(setup["lead"])
+
+    html = client.get(reverse("analysis:run-detail", args=[run.pk])).content.decode()
+
+    rows = re.findall(r'<tr data-batch="(\d+)" data-status="(\w+)">', html)
+    assert rows == [("0", "done"), ("1", "failed"), ("2", "pending")]
+    assert "Fake provider kept answering with server errors (3 attempts)." in html
+    assert 'role="progressbar"' in html
+    assert 'aria-valuenow="67"' in html
+    assert 'aria-valuetext="1 of 3 batches done, 1 failed"' in html
+    assert 'data-part="done" style="width: 34%"' in html
+    assert 'data-part="failed" style="width: 33%"' in html
+
+
+def test_a_run_with_no_message_in_its_window_says_so(client: Client, setup) -> None:
+    earlier = WINDOW_START - timedelta(days=7)
+    run = new_run(setup, window_start=earlier, window_end=earlier + timedelta(hours=12))
+    client.force_login(setup["lead"])
+    page_url = reverse("analysis:run-detail", args=[run.pk])
+    before = client.get(page_url).content.decode()
+
+    run = planned(run)
+    html = client.get(page_url).content.decode()
+    state = client.get(reverse("analysis:run-state", args=[run.pk])).json()
+
+    assert "No messages in this window" not in before  # pending: it has not looked yet
+    assert (run.status, run.messages_fetched, run.batches_total) == ("completed", 0, 0)
+    expected = (
+        "No messages in this window (from 2026-11-16 08:00 to 2026-11-16 20:00) in the chats of its "
+        "projects: choose a wider window."
+    )
+    assert expected in html
+    assert state["notice"] == expected
+    assert "No batches." in html
+
+
+def test_a_run_whose_messages_the_prefilter_all_dropped_says_so(client: Client) -> None:
+    setup = make_setup(BASE_URL, lines=["ok", "👍", "/start"])
+    run = planned(new_run(setup))
+    client.force_login(setup["lead"])
+
+    html = client.get(reverse("analysis:run-detail", args=[run.pk])).content.decode()
+
+    assert (run.status, run.messages_fetched, run.messages_kept) == ("completed", 3, 0)
+    assert (
+        "The prefilter dropped all 3 messages of this window (from 2026-11-23 08:00 to 2026-11-24 20:00): "
+        "acknowledgement 1, bot command 1, emoji only 1. Nothing was left to send to the LLM"
+    ) in html
+    assert "No messages in this window" not in html
+
+
+def test_a_run_that_analysed_messages_shows_no_notice(client: Client, setup) -> None:
+    run = with_batches(setup)
+    AnalysisRun.objects.filter(pk=run.pk).update(
+        status=AnalysisRun.Status.COMPLETED, messages_fetched=6, messages_kept=6
+    )
+    client.force_login(setup["lead"])
+
+    state = client.get(reverse("analysis:run-state", args=[run.pk])).json()
+
+    assert state["status"] == "completed"
+    assert state["notice"] == ""
 
 
 def test_runs_of_other_projects_are_hidden(client: Client, setup) -> None:

@@ -12,14 +12,19 @@ A browser test is marked `@pytest.mark.browser`, runs against pytest-django's
         expect(browser_page.locator("h1")).to_contain_text("Projects")
 
 `live_server` speaks no WebSocket: pages that stream progress need Channels'
-`ChannelsLiveServerTestCase` (Daphne) instead.
+`ChannelsLiveServerTestCase` (Daphne) instead, with `FreshDaphneProcess` as its
+`ProtocolServerProcess`.
 """
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+from asgiref.sync import SyncToAsync
+from channels.layers import channel_layers
+from daphne.testing import DaphneProcess
 from playwright.sync_api import Page, sync_playwright
 
 from tests.factories import TEST_PASSWORD
@@ -72,3 +77,16 @@ def login(
     if "/accounts/login/" in page.url:
         errors = page.locator(".errorlist").all_inner_texts()
         raise AssertionError(f"Could not log in as {username}: {errors or 'still on the login page'}")
+
+
+class FreshDaphneProcess(DaphneProcess):
+    """Daphne in a forked child that starts clean. A fork keeps the test process's objects
+    but not its threads: after an earlier WebSocket test, asgiref's thread-sensitive
+    executor counts a worker thread the child does not have (so the consumer's database
+    call would wait forever), and the channel layer holds Redis connections of the test
+    process's event loops."""
+
+    def run(self) -> None:
+        SyncToAsync.single_thread_executor = ThreadPoolExecutor(max_workers=1)
+        channel_layers.backends.clear()
+        super().run()
