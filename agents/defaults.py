@@ -97,3 +97,60 @@ DEFAULT_RESPONSE_SCHEMA: dict[str, Any] = {
     "required": ["proposals"],
     "additionalProperties": False,
 }
+
+
+# A second task config for models of a few hundred million parameters (the embedded model):
+# the same `proposals` the pipeline reads, with only the fields such a model fills well, and
+# bounds the server's grammar enforces so that every answer ends well inside its output limit
+# (at most 4 items of one source each, titles of 8 to 60 characters, confidence in three
+# steps). The pipeline fills the rest: the run's only project, medium priority, no tags.
+# Measured on the demo and AMI dev (README, "Quality"): without these bounds a 135M model
+# repeats one item until the output limit; with them every answer was schema-valid. No worked
+# example in the instructions: such models copy it into every answer.
+SMALL_TASK_CONFIG_NAME = "Extract tasks (small models)"
+
+SMALL_TASK_CONFIG_DESCRIPTION = (
+    "For small local models: the messages that ask for or promise work, each with a short "
+    "title, an assignee and a confidence in three steps. Answers in the same proposals shape."
+)
+
+SMALL_INSTRUCTIONS = """\
+Read a team chat. Each line is `#number author: text`.
+Find the messages where someone asks for work or promises to do work. For each one write:
+- source_message_ids: that message's number
+- title: a new short task title of 3 to 8 words that starts with a verb (Fix, Add, Check, \
+Update, Write, Review, Decide), in your own words
+- assignee: the first name of the person who will do it, or null
+- confidence: 0.95 for a clear request or promise, 0.8 for a likely one, 0.5 for a guess
+Skip greetings, thanks, jokes and status updates. Never give the same message twice.\
+"""
+
+SMALL_MAX_PROPOSALS = 4
+
+SMALL_RESPONSE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "proposals": {
+            "type": "array",
+            "maxItems": SMALL_MAX_PROPOSALS,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "source_message_ids": {
+                        "type": "array",
+                        "items": {"type": "integer", "minimum": 1},
+                        "minItems": 1,
+                        "maxItems": 1,
+                    },
+                    "title": {"type": "string", "minLength": 8, "maxLength": 60},
+                    "assignee": {"type": ["string", "null"], "maxLength": 20},
+                    "confidence": {"type": "number", "enum": [0.5, 0.8, 0.95]},
+                },
+                "required": ["source_message_ids", "title", "assignee", "confidence"],
+                "additionalProperties": False,
+            },
+        }
+    },
+    "required": ["proposals"],
+    "additionalProperties": False,
+}

@@ -199,9 +199,13 @@ def complete_json(
     schema_name: str = "answer",
     temperature: float = 0.2,
     max_output_tokens: int = 2048,
+    request_schema: dict[str, Any] | None = None,
 ) -> LLMResult:
     """Ask for a JSON answer matching `schema`; return it parsed, with usage.
 
+    `request_schema`, when given, is what the server is sent instead: a narrower schema (a
+    batch's own message numbers) that a grammar or strict mode enforces, while the answer is
+    validated against `schema`, so a server that ignores it fails one item, not the answer.
     Raises `LLMError` (with the usage spent so far) when no usable answer came.
     """
     client = _client(provider)
@@ -230,7 +234,8 @@ def complete_json(
                         messages=messages,
                         temperature=temperature,
                         max_tokens=max_output_tokens,
-                        response_format=_response_format(fmt, schema, schema_name) or openai.omit,
+                        response_format=_response_format(fmt, request_schema or schema, schema_name)
+                        or openai.omit,
                     )
                 finally:
                     elapsed = time.monotonic() - started

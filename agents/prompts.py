@@ -91,3 +91,38 @@ def system_prompt(agent: Agent, task_config: TaskConfig) -> str:
 def user_prompt(messages: Sequence[PromptMessage], context: dict[str, Any] | None = None) -> str:
     head = f"Context: {json.dumps(context, ensure_ascii=False, separators=(',', ':'))}\n" if context else ""
     return f"{head}<messages>\n{render_messages(messages)}\n</messages>"
+
+
+def batch_schema(schema: dict[str, Any], count: int) -> dict[str, Any]:
+    """`schema` with every `source_message_ids` array limited to the numbers 1..`count` of a
+    batch's messages. A grammar-constrained server (llama.cpp) can then cite no message that
+    is not in the batch, and a strict one (OpenAI) refuses to; the schema's other bounds stay."""
+
+    def limit(node: Any) -> Any:
+        if isinstance(node, list):
+            return [limit(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        limited = {key: limit(value) for key, value in node.items()}
+        sources = limited.get("properties", {}).get("source_message_ids") if "properties" in limited else None
+        if isinstance(sources, dict) and sources.get("type") == "array":
+            numbers = {"type": "integer", "enum": list(range(1, count + 1))}
+            limited["properties"] = {
+                **limited["properties"],
+                "source_message_ids": {**sources, "items": numbers},
+            }
+        return limited
+
+    return limit(schema)
+
+
+def schema_asks_for(schema: Any, field: str) -> bool:
+    """Whether an object anywhere in `schema` has a property named `field`."""
+    if isinstance(schema, list):
+        return any(schema_asks_for(item, field) for item in schema)
+    if not isinstance(schema, dict):
+        return False
+    properties = schema.get("properties")
+    if isinstance(properties, dict) and field in properties:
+        return True
+    return any(schema_asks_for(value, field) for value in schema.values())

@@ -18,6 +18,10 @@ from agents.defaults import (
     DEFAULT_RESPONSE_SCHEMA,
     DEFAULT_TASK_CONFIG_DESCRIPTION,
     DEFAULT_TASK_CONFIG_NAME,
+    SMALL_INSTRUCTIONS,
+    SMALL_RESPONSE_SCHEMA,
+    SMALL_TASK_CONFIG_DESCRIPTION,
+    SMALL_TASK_CONFIG_NAME,
 )
 from agents.llm import LLMError, complete_json, list_models
 from agents.models import Agent, AgentTaskAssignment, LLMProvider, TaskConfig
@@ -48,6 +52,21 @@ def ensure_default_task_config() -> TaskConfig:
         },
     )
     return task_config
+
+
+def ensure_small_task_config() -> tuple[TaskConfig, bool]:
+    """The "Extract tasks (small models)" config, created the first time (an edited one is
+    kept as it is); and whether it was created now."""
+    existing = TaskConfig.objects.filter(name=SMALL_TASK_CONFIG_NAME).first()
+    if existing is not None:
+        return existing, False
+    created = create_task_config(
+        name=SMALL_TASK_CONFIG_NAME,
+        description=SMALL_TASK_CONFIG_DESCRIPTION,
+        instructions=SMALL_INSTRUCTIONS,
+        response_schema=SMALL_RESPONSE_SCHEMA,
+    )
+    return created, True
 
 
 def sample_messages() -> list[PromptMessage]:

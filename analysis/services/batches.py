@@ -17,7 +17,14 @@ from django.db.models import F, Q, Subquery
 from django.utils import timezone
 
 from agents.llm import LLMError, LLMUsage, complete_json
-from agents.prompts import PromptMessage, numbered, system_prompt, user_prompt
+from agents.prompts import (
+    PromptMessage,
+    batch_schema,
+    numbered,
+    schema_asks_for,
+    system_prompt,
+    user_prompt,
+)
 from analysis.models import AnalysisRun, Batch
 from analysis.pipeline import PipelineMessage, create_batches, prefilter_messages
 from analysis.services.runs import (
@@ -175,14 +182,23 @@ PROJECT_CONTEXT_FIELDS = (
 def batch_prompt(*, run: AnalysisRun, messages: Sequence[Message]) -> BatchPrompt:
     """What the LLM is sent for a batch of `messages` (in order): the agent's and the task
     config's instructions, the run's projects as context, the messages numbered from 1
-    (`agents.prompts.numbered`). The answer cites those numbers; `numbers` maps them back."""
+    (`agents.prompts.numbered`). The answer cites those numbers; `numbers` maps them back.
+
+    The projects are described only to a task config whose answer names a project: a task
+    config without one (the small models') gets the messages alone. Measured on the demo
+    with SmolLM2-135M, the projects' glossary ended up as the titles of unrelated proposals
+    ("Release checklist"), and the prompt was a third longer."""
     agent, task_config = run.assignment.agent, run.assignment.task_config
-    context = {
-        "projects": [
-            {k: p[k] for k in PROJECT_CONTEXT_FIELDS if p.get(k)}
-            for p in run.config_snapshot.get("projects", [])
-        ]
-    }
+    context = (
+        {
+            "projects": [
+                {k: p[k] for k in PROJECT_CONTEXT_FIELDS if p.get(k)}
+                for p in run.config_snapshot.get("projects", [])
+            ]
+        }
+        if schema_asks_for(task_config.response_schema, "project")
+        else None
+    )
     lines, numbers = numbered([m.prompt() for m in to_pipeline(messages)])
     return BatchPrompt(system_prompt(agent, task_config), user_prompt(lines, context), lines, numbers)
 
@@ -206,6 +222,7 @@ def process_batch(*, batch_id: int, claim_id: str) -> None:
             system_prompt=prompt.system,
             user_prompt=prompt.user,
             schema=task_config.response_schema,
+            request_schema=batch_schema(task_config.response_schema, len(prompt.lines)),
             schema_name="proposals",
             temperature=agent.temperature,
             max_output_tokens=agent.max_output_tokens,
@@ -318,7 +335,7 @@ def read_answer(
     """Validate an answer's proposals, whose sources are the numbers of the batch's prompt
     (`numbers` maps them to message ids). Returns the valid ones, ready to save, and the
     reasons the others were rejected (numbers not in the batch, an unknown project, a bad
-    confidence)."""
+    confidence, a title given twice: small models repeat an item until their output limit)."""
     items = answer.get("proposals", [])
     if not items:
         return [], []
@@ -328,6 +345,7 @@ def read_answer(
     }
     new: list[NewProposal] = []
     rejected: list[str] = []
+    titles: set[str] = set()
     for index, item in enumerate(items):
         cited = [i for i in item.get("source_message_ids", []) if isinstance(i, int)]
         outside = [i for i in cited if i not in numbers]
@@ -345,8 +363,13 @@ def read_answer(
         if not isinstance(confidence, int | float) or not 0 <= confidence <= 1:
             rejected.append(f"proposal {index}: confidence {confidence!r} is not between 0 and 1")
             continue
+        title = " ".join(str(item.get("title") or "").split())
+        if title and title.casefold() in titles:
+            rejected.append(f"proposal {index}: the title {title!r} was already given")
+            continue
+        titles.add(title.casefold())
         data = ProposalData(
-            title=str(item.get("title") or "").strip() or "(untitled)",
+            title=title or "(untitled)",
             description=str(item.get("description") or ""),
             priority=item.get("priority") or "medium",
             category=item.get("category") or "feature",

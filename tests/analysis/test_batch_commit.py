@@ -118,7 +118,14 @@ def test_an_answer_citing_a_number_not_in_the_batch_is_rejected_and_said(fake_op
         good = stray(request).body["proposals"][0]
         prompt = request["messages"][-1]["content"]
         assert "#1 " in prompt and f"#{len(LINES) + 1} " not in prompt  # numbered from 1
-        return FakeReply.ok({"proposals": [good, {**good, "source_message_ids": [len(LINES) + 1]}]})
+        return FakeReply.ok(
+            {
+                "proposals": [
+                    good,
+                    {**good, "source_message_ids": [len(LINES) + 1]},
+                ]
+            }
+        )
 
     fake_openai.default = reply
     run, _ = run_once(setup)
