@@ -153,10 +153,21 @@ REDIS_URL = env.str("REDIS_URL", default=f"redis://127.0.0.1:{EMBEDDED_REDIS_POR
 if not REDIS_URL.startswith(("redis://", "rediss://")):
     raise ImproperlyConfigured(f"REDIS_URL must be a redis:// or rediss:// URL, not {REDIS_URL!r}.")
 
+# Channels' consumers wait for events in a BZPOPMIN that channels-redis (4.3) blocks for
+# 5 s. redis-py 8 times out every read after 5 s by default, so each idle socket crashed
+# after about 5 s. No socket timeout, redis-py 7's default: a finite one (even above 5 s)
+# also wraps every send in asyncio.wait_for, which on Python 3.11 can swallow the
+# cancellation of a consumer whose socket closes, and its BZPOPMIN then loops forever
+# (tests hang at teardown). Keepalive (30 s idle, 3 probes 5 s apart: redis-py's
+# defaults, said here because they are relied on) still breaks a read from a Redis that
+# is gone; connecting keeps its 5 s timeout.
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "tasktracker:channels"},
+        "CONFIG": {
+            "hosts": [{"address": REDIS_URL, "socket_timeout": None, "socket_keepalive": True}],
+            "prefix": "tasktracker:channels",
+        },
     }
 }
 

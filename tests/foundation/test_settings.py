@@ -45,7 +45,7 @@ def test_production_settings_come_from_the_environment() -> None:
     assert seen["engine"] == "django.db.backends.postgresql"
     assert (seen["name"], seen["host"]) == ("tasktracker", "db.internal")
     assert seen["broker"] == "redis://cache.internal:6379/2"
-    assert seen["layer"] == ["redis://cache.internal:6379/2"]
+    assert [host["address"] for host in seen["layer"]] == ["redis://cache.internal:6379/2"]
     assert seen["debug"] is False
     assert seen["hosts"] == ["tasks.example.com"]
     assert seen["secure_cookie"] is True

@@ -1,5 +1,6 @@
 """A WebSocket round trip through the real channel layer (Redis)."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -15,6 +16,7 @@ from agents.models import Agent, AgentTaskAssignment, LLMProvider, TaskConfig
 from analysis.consumers import run_group
 from analysis.models import AnalysisRun
 from projects.models import Project, ProjectMembership
+from proposals.consumers import proposal_group
 from tasktracker.asgi import application
 from tasktracker.realtime import broadcast
 
@@ -55,11 +57,24 @@ def make_outsider_session() -> str:
     return client.cookies["sessionid"].value
 
 
+def make_run_led_by(lead_username: str) -> tuple[AnalysisRun, int, str]:
+    """A run whose project the user leads, so one session may open both sockets."""
+    run, session = make_run(lead_username)
+    membership = ProjectMembership.objects.get(user__username=lead_username)
+    membership.role = ProjectMembership.Role.LEAD
+    membership.save(update_fields=["role"])
+    return run, membership.project_id, session
+
+
 async def connect(run_id: int, session: str | None, origin: tuple[bytes, bytes] = ORIGIN) -> tuple:
+    return await open_socket(f"/ws/runs/{run_id}/", session, origin)
+
+
+async def open_socket(path: str, session: str | None, origin: tuple[bytes, bytes] = ORIGIN) -> tuple:
     headers = [origin]
     if session:
         headers.append((b"cookie", f"sessionid={session}".encode()))
-    communicator = WebsocketCommunicator(application, f"/ws/runs/{run_id}/", headers=headers)
+    communicator = WebsocketCommunicator(application, path, headers=headers)
     connected, code = await communicator.connect(timeout=5)
     return communicator, connected, code
 
@@ -96,3 +111,42 @@ async def test_a_foreign_origin_is_refused() -> None:
     run, session = await sync_to_async(make_run)("member")
     _, connected, _ = await connect(run.pk, session, origin=(b"origin", b"http://evil.example"))
     assert not connected
+
+
+IDLE_SECONDS = 60
+
+
+async def test_idle_sockets_stay_open_and_still_receive_events_after_a_minute() -> None:
+    # A consumer waits for events in a BZPOPMIN that channels-redis blocks for 5 s; with
+    # redis-py 8's default 5 s read timeout every idle consumer crashed after about 5 s.
+    # Both sockets idle at once, so the minute is spent once.
+    run, project_id, session = await sync_to_async(make_run_led_by)("lead")
+    run_socket, run_connected, _ = await open_socket(f"/ws/runs/{run.pk}/", session)
+    queue_socket, queue_connected, _ = await open_socket("/ws/review/", session)
+    assert run_connected
+    assert queue_connected
+
+    idle = await asyncio.gather(
+        run_socket.receive_nothing(timeout=IDLE_SECONDS, interval=0.5),
+        queue_socket.receive_nothing(timeout=IDLE_SECONDS, interval=0.5),
+    )
+    assert idle == [True, True]  # no close and no stray frame in a minute
+    # A consumer that crashed meanwhile raises its error here (receive_nothing checks first).
+    assert await run_socket.receive_nothing()
+    assert await queue_socket.receive_nothing()
+
+    await sync_to_async(broadcast)(run_group(run.pk), "progress_updated", {"batches_done": 1}, seq=1)
+    reviewed = {"id": 7, "status": "approved", "action": "approve"}
+    await sync_to_async(broadcast)(proposal_group(project_id), "proposal_reviewed", reviewed, seq=2)
+    assert await run_socket.receive_json_from(timeout=5) == {
+        "event": "progress_updated",
+        "seq": 1,
+        "data": {"batches_done": 1},
+    }
+    assert await queue_socket.receive_json_from(timeout=5) == {
+        "event": "proposal_reviewed",
+        "seq": 2,
+        "data": reviewed,
+    }
+    await run_socket.disconnect()
+    await queue_socket.disconnect()
