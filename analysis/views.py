@@ -11,7 +11,8 @@ from django.views.decorators.http import require_POST
 from analysis.forms import NewRunForm
 from analysis.models import AnalysisRun
 from analysis.selectors import can_operate_run, can_start_runs, runs_visible_to
-from analysis.services import cancel_run, retry_failed_batches, run_state, start_run
+from analysis.services import cancel_run, close_run, retry_failed_batches, run_state, start_run
+from proposals.models import TaskProposal
 from tasktracker.exceptions import DomainError
 
 
@@ -32,8 +33,23 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "state": run_state(run),
         "can_operate": can_operate_run(request.user, run),
         "versions": run.config_snapshot.get("projects", []),
+        **review_figures(run.review_stats),
     }
     return render(request, "analysis/run_detail.html", context)
+
+
+def review_figures(stats: dict[str, Any]) -> dict[str, Any]:
+    """A closed run's review figures, the bands in the queue's order, with percentages."""
+    order = [band for band in ("high", "medium", "low") if band in stats.get("bands", {})]
+
+    def percent(rate: float | None) -> int | None:
+        return None if rate is None else round(100 * rate)
+
+    bands = [
+        (name, {**stats["bands"][name], "percent": percent(stats["bands"][name]["approval_rate"])})
+        for name in order
+    ]
+    return {"bands": bands, "overall_percent": percent(stats.get("approval_rate"))}
 
 
 @login_required
@@ -95,3 +111,20 @@ def run_retry(request: HttpRequest, run_id: int) -> HttpResponse:
     except DomainError as exc:
         messages.error(request, exc.message)
     return redirect("analysis:run-detail", run_id=run.pk)
+
+
+@login_required
+def run_close(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Close a completed run: a confirmation page (with what is left to review), then the
+    POST closes it through `close_run`, which refuses, with the reason, while proposals wait."""
+    run = _operate(request, run_id)
+    if request.method == "POST":
+        try:
+            close_run(run_id=run.pk)
+        except DomainError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"Run {run.pk} closed.")
+        return redirect("analysis:run-detail", run_id=run.pk)
+    pending = run.proposals.filter(status=TaskProposal.Status.PENDING).count()
+    return render(request, "analysis/run_close.html", {"run": run, "pending": pending})

@@ -116,6 +116,11 @@ def run_state(run: AnalysisRun) -> dict[str, Any]:
         "cost": str(run.cost),
         "error": run.error,
         "notice": _empty_run_notice(run),
+        # Which operator actions apply now (the page shows only those; the services still
+        # refuse a stale click).
+        "can_cancel": Status.CANCELLED in AnalysisRun.TRANSITIONS[run.status],
+        "can_retry": run.status in (Status.COMPLETED, Status.FAILED) and run.batches_failed > 0,
+        "can_close": run.status == Status.COMPLETED,
         "prefilter_summary": f"Dropped by the prefilter: {_dropped(run)}." if run.prefilter_stats else "",
         "batches": batch_states(run_id=run.pk),
     }

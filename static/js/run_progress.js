@@ -65,6 +65,7 @@
     bar.setAttribute("aria-valuenow", state.progress_percent);
     bar.setAttribute("aria-valuetext", state.progress_label);
     renderBatches(state);
+    for (const action of root.querySelectorAll("[data-show]")) action.hidden = !state[action.dataset.show];
     root.dataset.status = state.status;
   }
 

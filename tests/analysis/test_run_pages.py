@@ -322,6 +322,41 @@ def test_cancelling_from_the_page(client: Client, setup) -> None:
     assert "cannot become cancelled" in again.content.decode()
 
 
+@pytest.mark.parametrize(
+    ("status", "failed", "shown"),
+    [
+        ("pending", 0, {"Cancel run"}),
+        ("running", 1, {"Cancel run"}),
+        ("completed", 1, {"Retry failed batches"}),
+        ("completed", 0, set()),
+        ("failed", 2, {"Retry failed batches"}),
+        ("cancelled", 1, set()),
+        ("closed", 1, set()),
+    ],
+)
+def test_the_run_page_offers_only_the_actions_that_apply(
+    client: Client, setup, status: str, failed: int, shown: set[str]
+) -> None:
+    run = new_run(setup)
+    AnalysisRun.objects.filter(pk=run.pk).update(status=status, batches_total=2, batches_failed=failed)
+    client.force_login(setup["lead"])
+
+    html = client.get(reverse("analysis:run-detail", args=[run.pk])).content.decode()
+    state = client.get(reverse("analysis:run-state", args=[run.pk])).json()
+
+    visible = {
+        label
+        for label in ("Cancel run", "Retry failed batches")
+        if re.search(
+            rf'<form [^>]*data-show="[a-z_]+"(?! hidden)>[^<]*<input[^>]*><button[^>]*>{label}<', html
+        )
+    }
+    assert visible == shown
+    assert {"Cancel run": state["can_cancel"], "Retry failed batches": state["can_retry"]} == {
+        label: label in shown for label in ("Cancel run", "Retry failed batches")
+    }
+
+
 def test_retry_without_failed_batches_says_so(client: Client, setup) -> None:
     run = new_run(setup)
     client.force_login(setup["lead"])
@@ -339,3 +374,55 @@ def test_the_admin_cancels_runs_with_an_action(admin_client: Client, setup) -> N
     run.refresh_from_db()
     assert run.status == AnalysisRun.Status.CANCELLED
     assert "1 run(s) cancelled." in response.content.decode()
+
+
+def completed_with(setup: dict, *proposals: tuple[str, float]) -> AnalysisRun:
+    run = new_run(setup)
+    AnalysisRun.objects.filter(pk=run.pk).update(status=AnalysisRun.Status.COMPLETED, batches_total=1)
+    for status, confidence in proposals:
+        TaskProposalFactory(run=run, project=setup["project"], status=status, confidence=confidence)
+    return run
+
+
+def test_closing_from_the_page_is_refused_with_the_reason_while_proposals_wait(client: Client, setup) -> None:
+    run = completed_with(setup, ("pending", 0.95), ("approved", 0.8))
+    client.force_login(setup["lead"])
+
+    confirmation = client.get(reverse("analysis:run-close", args=[run.pk])).content.decode()
+    response = client.post(reverse("analysis:run-close", args=[run.pk]), follow=True)
+
+    assert "1 proposal of this run still waits for review" in confirmation
+    assert "Yes, close the run" not in confirmation
+    assert f"Run {run.pk} still has 1 pending proposal(s)." in response.content.decode()
+    run.refresh_from_db()
+    assert run.status == AnalysisRun.Status.COMPLETED
+
+
+def test_a_closed_run_shows_its_review_figures_per_band(client: Client, setup) -> None:
+    run = completed_with(setup, ("approved", 0.95), ("approved", 0.95), ("rejected", 0.95), ("rejected", 0.5))
+    client.force_login(setup["lead"])
+
+    confirmation = client.get(reverse("analysis:run-close", args=[run.pk])).content.decode()
+    page = client.post(reverse("analysis:run-close", args=[run.pk]), follow=True).content.decode()
+
+    assert "Yes, close the run" in confirmation
+    run.refresh_from_db()
+    assert run.status == AnalysisRun.Status.CLOSED
+    assert f"Run {run.pk} closed." in page
+    rows = dict(re.findall(r'<tr data-band="(\w+)">(.*?)</tr>', page, re.S))
+    assert list(rows) == ["high", "low"]
+    assert re.findall(r"<td>(\d+)</td>", rows["high"]) == ["2", "1", "0"]
+    assert 'aria-label="67% approved"' in rows["high"]
+    assert "0%" in rows["low"]
+    assert 'data-show="can_close" hidden' in page
+
+
+def test_someone_on_the_project_who_leads_nothing_cannot_close_a_run(client: Client, setup) -> None:
+    run = completed_with(setup, ("approved", 0.95))
+    member = UserFactory()
+    ProjectMembershipFactory(project=setup["project"], user=member, role="member")
+    client.force_login(member)
+
+    assert client.post(reverse("analysis:run-close", args=[run.pk])).status_code == 403
+    run.refresh_from_db()
+    assert run.status == AnalysisRun.Status.COMPLETED
