@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served from here: /api/docs/ works offline
     "django_htmx",
     "sources",
     "projects",
@@ -247,6 +248,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Turns a team's chat into reviewed tasks.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     # Several models have a `status`; name each enum after its model.
     "ENUM_NAME_OVERRIDES": {
         "ProposalStatusEnum": "proposals.models.TaskProposal.Status",
