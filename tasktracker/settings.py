@@ -154,6 +154,11 @@ REDIS_URL = env.str("REDIS_URL", default=f"redis://127.0.0.1:{EMBEDDED_REDIS_POR
 if not REDIS_URL.startswith(("redis://", "rediss://")):
     raise ImproperlyConfigured(f"REDIS_URL must be a redis:// or rediss:// URL, not {REDIS_URL!r}.")
 
+# The embedded model (tasktracker/embedded_llm.py) that `make run` serves on loopback unless
+# EMBEDDED_LLM=0 (read by the launcher); the demo agent points at it.
+EMBEDDED_LLM_PORT = env.int("EMBEDDED_LLM_PORT", default=8089)
+EMBEDDED_LLM_MODEL = env.str("EMBEDDED_LLM_MODEL", default="smollm2-135m-instruct")
+
 # Channels' consumers wait for events in a BZPOPMIN that channels-redis (4.3) blocks for
 # 5 s. redis-py 8 times out every read after 5 s by default, so each idle socket crashed
 # after about 5 s. No socket timeout, redis-py 7's default: a finite one (even above 5 s)

@@ -1,21 +1,17 @@
 """A reviewer works through the review queue with the keyboard and finds the tasks made;
 with Daphne serving WebSockets, a colleague's reviews show up in an open queue."""
 
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from asgiref.sync import SyncToAsync
-from channels.layers import channel_layers
 from channels.testing import ChannelsLiveServerTestCase
-from daphne.testing import DaphneProcess
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 from pytest_django.live_server_helper import LiveServer
 
 from projects.models import Task
 from proposals.models import TaskProposal
-from tests.browser.conftest import login
+from tests.browser.conftest import FreshDaphneProcess, login
 from tests.factories import ChatFactory, MessageFactory, ProjectFactory, TaskProposalFactory, UserFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -82,19 +78,6 @@ def test_a_reviewer_approves_rejects_and_edits_with_the_keyboard(
     rejected = TaskProposal.objects.get(title="Lunch on Friday")
     assert (rejected.status, rejected.review_note) == ("rejected", "Small talk, not a task")
     assert Task.objects.filter(proposals__reviewer__username="rita").count() == 2
-
-
-class FreshDaphneProcess(DaphneProcess):
-    """Daphne in a forked child that starts clean. A fork keeps the test process's objects
-    but not its threads: after an earlier WebSocket test, asgiref's thread-sensitive
-    executor counts a worker thread the child does not have (so the consumer's database
-    call would wait forever), and the channel layer holds Redis connections of the test
-    process's event loops."""
-
-    def run(self) -> None:
-        SyncToAsync.single_thread_executor = ThreadPoolExecutor(max_workers=1)
-        channel_layers.backends.clear()
-        super().run()
 
 
 class TestLiveQueue(ChannelsLiveServerTestCase):

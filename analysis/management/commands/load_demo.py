@@ -1,9 +1,14 @@
 """Demo data for a first look: users, the "Acme Mobile" project, its chat and an agent.
 
 Idempotent: every row is looked up before it is created and nothing that exists is
-changed, so a second run reports that nothing changed.
+changed, so a second run reports that nothing changed. The demo agent runs on the embedded
+model that `make run` serves (tasktracker/embedded_llm.py); the chat's days are moved to
+the two days before the first load, so the New run page's default window holds them.
 """
 
+import io
+import json
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -11,18 +16,22 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractUser
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from django.utils import timezone
 
-from agents.defaults import (
-    DEFAULT_INSTRUCTIONS,
-    DEFAULT_RESPONSE_SCHEMA,
-    DEFAULT_TASK_CONFIG_DESCRIPTION,
-    DEFAULT_TASK_CONFIG_NAME,
+from agents.models import Agent, LLMProvider
+from agents.services import (
+    assign_task_config,
+    create_agent,
+    create_provider,
+    ensure_default_task_config,
+    ensure_small_task_config,
+    update_agent,
 )
-from agents.models import Agent, AgentTaskAssignment, LLMProvider, TaskConfig
 from projects.models import Project, ProjectMembership
 from projects.services import bump_config, create_project
 from sources.models import Chat
 from sources.services import bot_api_chat_id, import_telegram_export
+from tasktracker.embedded_llm import PARALLEL, base_url
 from tasktracker.exceptions import DomainError
 
 DEMO_EXPORT = settings.BASE_DIR / "demo" / "result.json"
@@ -62,6 +71,34 @@ DEMO_CONFIG: dict[str, Any] = {
     "batch_time_gap_minutes": 60,
 }
 DEMO_SUMMARY = "First configuration, loaded with the demo."
+
+EMBEDDED_PROVIDER = "Embedded model"
+DEMO_AGENT = "Demo agent"
+# What the embedded model is asked for (measured in bench/embedded_llm.py): a 135M model answers
+# best for small batches, and the small task config's answers end well within 400 tokens.
+DEMO_AGENT_SETTINGS: dict[str, Any] = {
+    "temperature": 0.0,
+    "max_output_tokens": 400,
+    "batch_token_budget": 800,
+}
+# A CPU answer takes seconds; a loaded two-core machine serving two batches at once, more.
+EMBEDDED_TIMEOUT_SECONDS = 120.0
+
+
+def shifted_export(path: Any, *, now: datetime) -> io.BytesIO:
+    """The demo export with its days moved so that its last message is before `now`, on the
+    day before at the latest: whole days, so the chat keeps its times of day."""
+    export = json.loads(path.read_text(encoding="utf-8"))
+    last = max(int(m["date_unixtime"]) for m in export["messages"])
+    days = (now - timedelta(days=1)).date() - datetime.fromtimestamp(last, tz=now.tzinfo).date()
+    shift = timedelta(days=days.days)
+    for message in export["messages"]:
+        for unix_key, local_key in (("date_unixtime", "date"), ("edited_unixtime", "edited")):
+            if unix_key in message:
+                moved = datetime.fromtimestamp(int(message[unix_key]), tz=now.tzinfo) + shift
+                message[unix_key] = str(int(moved.timestamp()))
+                message[local_key] = moved.replace(tzinfo=None).isoformat()
+    return io.BytesIO(json.dumps(export).encode())
 
 
 class Command(BaseCommand):
@@ -105,13 +142,16 @@ class Command(BaseCommand):
             team.append((user, role))
         lead = team[0][0]
 
-        result = import_telegram_export(path_or_file=DEMO_EXPORT)
-        if result.created or result.updated:
+        chat = Chat.objects.filter(telegram_id=DEMO_CHAT_ID).first()
+        if chat is None:
+            export = shifted_export(DEMO_EXPORT, now=timezone.now())
+            result = import_telegram_export(path_or_file=export)
+            chat = Chat.objects.get(telegram_id=DEMO_CHAT_ID)
+            days = chat.messages.dates("sent_at", "day")
             self.changes.append(
-                f"demo chat: {result.created} messages imported, {result.updated} updated "
+                f"demo chat: {result.created} messages imported, dated {days.first()} to {days.last()} "
                 f"({result.skipped_total} service messages skipped)"
             )
-        chat = Chat.objects.get(telegram_id=DEMO_CHAT_ID)
 
         # The team and the first version go through the services, so the memberships and
         # the version agree; an existing project keeps its configuration.
@@ -132,28 +172,36 @@ class Command(BaseCommand):
             config = bump_config(project=project, user=lead, changes=demo_config, summary=DEMO_SUMMARY)
             self.changes.append(f"{project.name} config v{config.version}")
 
-        task_config, created = TaskConfig.objects.get_or_create(
-            name=DEFAULT_TASK_CONFIG_NAME,
-            defaults={
-                "description": DEFAULT_TASK_CONFIG_DESCRIPTION,
-                "instructions": DEFAULT_INSTRUCTIONS,
-                "response_schema": DEFAULT_RESPONSE_SCHEMA,
-            },
-        )
+        ensure_default_task_config()
+        task_config, created = ensure_small_task_config()
         if created:
             self.changes.append(f"task config {task_config.name}")
+        self.load_agent(task_config)
 
-        provider = LLMProvider.objects.filter(name="Local fake (demo)").first()
+    def load_agent(self, task_config: Any) -> None:
+        """The embedded model's provider and the demo agent on it, assigned `task_config`.
+        A demo agent left on another provider by an earlier demo is moved to the model."""
+        url = base_url(settings.EMBEDDED_LLM_PORT)
+        provider = LLMProvider.objects.filter(name=EMBEDDED_PROVIDER).first()
         if provider is None:
-            provider = LLMProvider(name="Local fake (demo)", base_url="http://127.0.0.1:8001/v1")
-            provider.api_key = "demo-key"
-            provider.save()
-            self.changes.append(f"LLM provider {provider.name} at {provider.base_url}")
-        agent, created = Agent.objects.get_or_create(
-            name="Demo agent", defaults={"provider": provider, "model": "demo-model"}
-        )
-        if created:
-            self.changes.append(f"agent {agent.name} ({agent.model})")
-        _, created = AgentTaskAssignment.objects.get_or_create(agent=agent, task_config=task_config)
-        if created:
+            provider = create_provider(
+                name=EMBEDDED_PROVIDER,
+                base_url=url,
+                timeout_seconds=EMBEDDED_TIMEOUT_SECONDS,
+                max_concurrency=PARALLEL,  # the server's slots: more requests would only queue
+            )
+            self.changes.append(f"LLM provider {provider.name} at {provider.base_url} (no key)")
+        agent = Agent.objects.filter(name=DEMO_AGENT).first()
+        if agent is None:
+            agent = create_agent(
+                name=DEMO_AGENT, provider=provider, model=settings.EMBEDDED_LLM_MODEL, **DEMO_AGENT_SETTINGS
+            )
+            self.changes.append(f"agent {agent.name} ({agent.model} on {provider.name})")
+        elif agent.provider_id != provider.pk:
+            agent = update_agent(
+                agent=agent, provider=provider, model=settings.EMBEDDED_LLM_MODEL, **DEMO_AGENT_SETTINGS
+            )
+            self.changes.append(f"agent {agent.name} moved to {provider.name} ({agent.model})")
+        if not agent.assignments.filter(task_config=task_config).exists():
+            assign_task_config(agent=agent, task_config=task_config)
             self.changes.append(f"{agent.name} assigned {task_config.name}")
