@@ -9,7 +9,9 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from analysis.models import AnalysisRun, Batch
+from analysis.selectors import can_operate_run
 from analysis.services import cancel_run, retry_failed_batches
+from projects import access
 from tasktracker.exceptions import DomainError
 
 # Runs and batches belong to the pipeline: they are started through `start_run` and
@@ -90,6 +92,11 @@ class AnalysisRunAdmin(admin.ModelAdmin):
     ) -> None:
         succeeded = 0
         for run in queryset:
+            if not can_operate_run(request.user, run):
+                self.message_user(
+                    request, f"Run {run.pk}: only a lead of each of its projects may.", messages.ERROR
+                )
+                continue
             try:
                 action(run)
                 succeeded += 1
@@ -141,6 +148,9 @@ class AnalysisRunAdmin(admin.ModelAdmin):
     inlines = [BatchInline]
     # `get_absolute_url` points back into the admin; "View on site" would be a loop.
     view_on_site = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[AnalysisRun]:
+        return access.scope(super().get_queryset(request), request.user, via="projects")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -195,6 +205,9 @@ class BatchAdmin(BatchMessageCountMixin, admin.ModelAdmin):
         ("Usage", {"fields": ["llm_calls", "prompt_tokens", "completion_tokens", "llm_seconds", "cost"]}),
     ]
     readonly_fields = [field for _, options in fieldsets for field in options["fields"]]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Batch]:
+        return access.scope(super().get_queryset(request), request.user, via="run__projects")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -16,6 +16,7 @@ from agents.models import AgentTaskAssignment
 from analysis.models import AnalysisRun, Batch
 from analysis.selectors import can_operate_run, can_start_run_of, runs_visible_to
 from analysis.services import cancel_run, close_run, retry_failed_batches, start_run
+from projects import access
 from projects.models import Project
 from sources.api import AwareDateTimeField
 from sources.models import Chat
@@ -162,7 +163,8 @@ class RunCreateSerializer(serializers.Serializer):
         queryset=Project.objects.filter(is_active=True),
         many=True,
         allow_empty=False,
-        help_text="Ids of active projects to analyse, each with a configuration; at least one.",
+        help_text="Ids of active projects to analyse, each with a configuration, that you lead (any for "
+        "staff); at least one.",
     )
     assignment = serializers.PrimaryKeyRelatedField(
         queryset=AgentTaskAssignment.objects.select_related("agent__provider", "task_config"),
@@ -171,6 +173,16 @@ class RunCreateSerializer(serializers.Serializer):
     chats = serializers.PrimaryKeyRelatedField(
         queryset=Chat.objects.all(), many=True, required=False, help_text="Restrict to these chats."
     )
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        request = self.context.get("request")
+        user = request.user if request is not None else None
+        # Projects and chats the user does not see are no valid choice: their existence is
+        # not theirs to learn. Whether they may start the run is a 403 after.
+        fields["projects"].child_relation.queryset = access.projects(user).filter(is_active=True)
+        fields["chats"].child_relation.queryset = access.visible_chats(user)
+        return fields
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if attrs["window_end"] <= attrs["window_start"]:
@@ -221,7 +233,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         },
     )
     def create(self, request: Request) -> Response:
-        payload = RunCreateSerializer(data=request.data)
+        payload = RunCreateSerializer(data=request.data, context={"request": request})
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
         user = request.user

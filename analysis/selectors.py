@@ -1,54 +1,40 @@
+"""Reads of the `analysis` app: runs as a user may see and operate them. The rules are
+`projects.access`'s: a run is seen by the members of one of its projects, and operated
+(started, cancelled, retried, closed) by a lead of every one of them."""
+
 from collections.abc import Iterable
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
 
 from analysis.models import AnalysisRun
+from projects import access
 from projects.models import Project
 
+User = AbstractBaseUser | AnonymousUser
 
-def runs_visible_to(user: AbstractBaseUser | AnonymousUser) -> QuerySet[AnalysisRun]:
+
+def runs_visible_to(user: User) -> QuerySet[AnalysisRun]:
     """Runs a user may watch: staff see all, others the runs of projects they are on."""
     runs = AnalysisRun.objects.select_related("assignment__agent", "assignment__task_config", "started_by")
-    if not user.is_authenticated:
-        return runs.none()
-    if user.is_staff:
-        return runs
-    return runs.filter(projects__memberships__user=user).distinct()
+    return access.scope(runs, user, via="projects")
 
 
-def can_start_runs(user: AbstractBaseUser | AnonymousUser) -> bool:
+def can_start_runs(user: User) -> bool:
     """Staff, or a team lead of some project (who may then start runs of their projects)."""
-    if not user.is_authenticated:
-        return False
-    return user.is_staff or user.project_memberships.filter(role="lead").exists()
+    return access.can_anywhere(user, access.Action.RUN)
 
 
-def startable_projects(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Project]:
+def startable_projects(user: User) -> QuerySet[Project]:
     """The active projects a user may start runs of: all for staff, else those they lead."""
-    projects = Project.objects.filter(is_active=True)
-    if not user.is_authenticated:
-        return projects.none()
-    if user.is_staff:
-        return projects
-    return projects.filter(memberships__user=user, memberships__role="lead")
+    return access.projects(user, access.Action.RUN).filter(is_active=True)
 
 
-def can_start_run_of(user: AbstractBaseUser | AnonymousUser, projects: Iterable[Project]) -> bool:
+def can_start_run_of(user: User, projects: Iterable[Project]) -> bool:
     """Whether a user may start a run over `projects`: staff, or the lead of every one."""
-    project_ids = {project.pk for project in projects}
-    if not project_ids or not user.is_authenticated:
-        return False
-    allowed = startable_projects(user).filter(pk__in=project_ids).values_list("pk", flat=True)
-    return project_ids <= set(allowed)
+    return access.can_all(user, projects, access.Action.RUN)
 
 
-def can_operate_run(user: AbstractBaseUser | AnonymousUser, run: AnalysisRun) -> bool:
-    """Cancel or retry: staff, or a lead of every project of the run."""
-    if not user.is_authenticated:
-        return False
-    if user.is_staff:
-        return True
-    project_ids = set(run.projects.values_list("pk", flat=True))
-    led = set(user.project_memberships.filter(role="lead").values_list("project_id", flat=True))
-    return bool(project_ids) and project_ids <= led
+def can_operate_run(user: User, run: AnalysisRun) -> bool:
+    """Cancel, retry or close: staff, or a lead of every project of the run."""
+    return access.can_all(user, run.projects.values_list("pk", flat=True), access.Action.RUN)

@@ -7,8 +7,15 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
+from projects import access
 from projects.models import Project, ProjectConfig, ProjectMembership, Task, WebhookDelivery, WebhookEndpoint
 from projects.webhooks import redeliver
+from sources import admin as sources_admin
+from sources.models import Chat, Message, MessageEdit
+
+# Every admin here shows the rows `projects.access` lets the user see (all of them for
+# staff, who alone reach the admin; the rule is asked all the same, so that it holds for
+# whoever may reach it one day).
 
 
 class TeamIsVersioned:
@@ -83,8 +90,7 @@ class ProjectAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Project]:
         current = ProjectConfig.objects.filter(is_current=True)
         return (
-            super()
-            .get_queryset(request)
+            access.scope(super().get_queryset(request), request.user, via="pk")
             .annotate(member_count=Count("memberships", distinct=True))
             .prefetch_related(Prefetch("configs", queryset=current, to_attr="current_configs"))
         )
@@ -121,6 +127,9 @@ class ProjectMembershipAdmin(TeamIsVersioned, admin.ModelAdmin):
     autocomplete_fields = ["project", "user"]
     readonly_fields = ["created_at"]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ProjectMembership]:
+        return access.scope(super().get_queryset(request), request.user)
+
 
 @admin.register(ProjectConfig)
 class ProjectConfigAdmin(admin.ModelAdmin):
@@ -145,6 +154,9 @@ class ProjectConfigAdmin(admin.ModelAdmin):
         ("Team snapshot", {"fields": ["team", "default_assignee_id_snapshot"]}),
     ]
     readonly_fields = [field for _, options in fieldsets for field in options["fields"]]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ProjectConfig]:
+        return access.scope(super().get_queryset(request), request.user)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -186,6 +198,13 @@ class TaskAdmin(admin.ModelAdmin):
         "updated_at",
     ]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Task]:
+        return access.scope(super().get_queryset(request), request.user)
+
+    def has_change_permission(self, request: HttpRequest, obj: Task | None = None) -> bool:
+        allowed = obj is None or access.can(request.user, obj.project_id, access.Action.CHANGE_TASKS)
+        return allowed and super().has_change_permission(request, obj)
+
     def save_model(self, request: HttpRequest, obj: Task, form: ModelForm, change: bool) -> None:
         if not change:
             obj.created_by = request.user
@@ -199,6 +218,9 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     list_select_related = ["project"]
     search_fields = ["url", "project__name"]
     readonly_fields = ["created_at"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[WebhookEndpoint]:
+        return access.scope(super().get_queryset(request), request.user, access.Action.CONFIGURE)
 
 
 @admin.register(WebhookDelivery)
@@ -228,6 +250,11 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     ]
     actions = ["send_again"]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[WebhookDelivery]:
+        return access.scope(
+            super().get_queryset(request), request.user, access.Action.CONFIGURE, via="endpoint__project"
+        )
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -238,3 +265,28 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     def send_again(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
         count = redeliver(delivery_ids=list(queryset.values_list("pk", flat=True)))
         self.message_user(request, f"{count} deliveries queued again.")
+
+
+# The `sources` app's chats and messages, registered here: who sees a chat depends on the
+# projects that read it (`projects.access`), and `sources` imports no other app.
+
+
+@admin.register(Chat)
+class ChatAdmin(sources_admin.ChatAdmin):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Chat]:
+        return access.visible_chats(request.user, super().get_queryset(request))
+
+    def has_change_permission(self, request: HttpRequest, obj: Chat | None = None) -> bool:
+        return access.can_change_chats(request.user) and super().has_change_permission(request, obj)
+
+
+@admin.register(Message)
+class MessageAdmin(sources_admin.MessageAdmin):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Message]:
+        return access.visible_messages(request.user, super().get_queryset(request))
+
+
+@admin.register(MessageEdit)
+class MessageEditAdmin(sources_admin.MessageEditAdmin):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[MessageEdit]:
+        return access.visible_messages(request.user, super().get_queryset(request), via="message__chat")

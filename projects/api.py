@@ -19,10 +19,9 @@ from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 from rest_framework.views import APIView
 
+from projects import access
 from projects.models import Project, ProjectConfig, ProjectMembership, Task, WebhookDelivery, WebhookEndpoint
 from projects.selectors import (
-    can_create_projects,
-    can_edit_project,
     config_history,
     get_config_version,
     projects_visible_to,
@@ -46,7 +45,10 @@ VERSION_PATTERN = r"\d+\.\d+\.\d+"
 DESCRIPTION_HELP = "What the project is about, sent to the LLM as context."
 EXCLUDE_KEYWORDS_HELP = "A message naming any of these is dropped before analysis."
 PRIORITY_RULES_HELP = "Rules for choosing a task's priority: a condition (`when`) and the priority it gives."
-ROLE_HELP = "What the user may do: a lead also changes the project's configuration, webhooks and runs."
+ROLE_HELP = (
+    "What the user may do: a member sees the project, its chats, runs, proposals and tasks and moves its "
+    "tasks; a reviewer also reviews its proposals; a lead also changes its configuration, webhooks and runs."
+)
 BATCH_TIME_GAP_HELP = (
     "A pause in the chat longer than this many minutes starts a new batch, unless the message replies "
     "into the current one."
@@ -67,7 +69,7 @@ class CanCreateProjects(permissions.BasePermission):
     message = "Only staff users can create projects."
 
     def has_permission(self, request: Request, view: APIView) -> bool:
-        return getattr(view, "action", None) != "create" or can_create_projects(request.user)
+        return getattr(view, "action", None) != "create" or access.can_create_projects(request.user)
 
 
 # Serializers
@@ -405,21 +407,12 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     filterset_fields = ["is_active"]
 
     def get_queryset(self) -> QuerySet[Project]:
-        projects = projects_visible_to(self.request.user).prefetch_related(
+        # A project the user is not on is a 404 for every action, as if it did not exist;
+        # one they see but may not change is a 403 (`_editable`).
+        return projects_visible_to(self.request.user).prefetch_related(
             Prefetch("memberships", queryset=ProjectMembership.objects.select_related("user")),
             "current_configs__chats",
         )
-        if self.action in ("partial_update", "rollback"):
-            # Anyone signed in finds the project; whether they may change it is a 403.
-            projects = Project.objects.prefetch_related(
-                Prefetch("memberships", queryset=ProjectMembership.objects.select_related("user")),
-                Prefetch(
-                    "configs",
-                    queryset=ProjectConfig.objects.filter(is_current=True).prefetch_related("chats"),
-                    to_attr="current_configs",
-                ),
-            )
-        return projects
 
     def get_serializer_class(self) -> type[serializers.BaseSerializer]:
         return ProjectDetailSerializer if self.action == "retrieve" else ProjectSerializer
@@ -431,7 +424,7 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     def _editable(self) -> Project:
         project = self.get_object()
-        if not can_edit_project(self.request.user, project):
+        if not access.can(self.request.user, project, access.Action.CONFIGURE):
             raise PermissionDenied("Only the project's team leads and staff can change its configuration.")
         return project
 
@@ -473,7 +466,8 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         responses={
             200: ProjectUpdateResultSerializer,
             400: OpenApiResponse(description="Invalid fields, with the message under each."),
-            403: OpenApiResponse(description="Not a team lead of the project, nor staff."),
+            403: OpenApiResponse(description="On the project, but not a team lead of it, nor staff."),
+            404: OpenApiResponse(description="No such project, or not one you are on."),
             409: OpenApiResponse(description="`base_version` is no longer the current version."),
         },
     )
@@ -501,8 +495,8 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         responses={
             200: ProjectUpdateResultSerializer,
             400: OpenApiResponse(description="That version is the current configuration already."),
-            403: OpenApiResponse(description="Not a team lead of the project, nor staff."),
-            404: OpenApiResponse(description="No such version."),
+            403: OpenApiResponse(description="On the project, but not a team lead of it, nor staff."),
+            404: OpenApiResponse(description="No such version or project, or not a project you are on."),
         },
     )
     @action(detail=True, methods=["post"])
@@ -557,14 +551,14 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     ),
     partial_update=extend_schema(
         summary="Move a task or assign it",
-        description="Anyone on the project's team, and staff. `status` moves along the legal "
+        description="Anyone on the project's team (any role), and staff. `status` moves along the legal "
         "transitions (a done or cancelled task is reopened first: 409 otherwise); `assignee` is a "
         "user on the team, or null.",
         request=TaskUpdateSerializer,
         responses={
             200: TaskSerializer,
             400: OpenApiResponse(description="Invalid fields, or an assignee not on the team."),
-            403: OpenApiResponse(description="Not on the project's team."),
+            404: OpenApiResponse(description="No such task, or not of a project you are on."),
             409: OpenApiResponse(description="Not a legal status transition."),
         },
     ),
@@ -609,11 +603,19 @@ class WebhookSerializer(serializers.ModelSerializer):
         fields = ["id", "project", "url", "events", "is_active", "secret", "created_at"]
         read_only_fields = ["id", "secret", "created_at"]
         extra_kwargs = help_texts(
-            project="Id of the project whose events are sent; one you lead, unless you are staff.",
+            project="Id of the project whose events are sent; one you lead, unless you are staff (one you "
+            "are not on is an invalid id).",
             url="Where the signed JSON POSTs go.",
             is_active="Off: no events are sent to it.",
             secret="HMAC-SHA256 key of X-Tasktracker-Signature.",  # noqa: S106
         )
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        request = self.context.get("request")
+        # A project the user is not on is no valid choice: its existence is not theirs to learn.
+        fields["project"].queryset = access.projects(request.user if request is not None else None)
+        return fields
 
 
 class WebhookDeliverySerializer(serializers.ModelSerializer):
@@ -678,15 +680,12 @@ class WebhookViewSet(
 
     def get_queryset(self) -> QuerySet[WebhookEndpoint]:
         webhooks = WebhookEndpoint.objects.select_related("project").order_by("pk")
-        user = self.request.user
         if getattr(self, "swagger_fake_view", False):
             return webhooks.none()
-        if user.is_staff:
-            return webhooks
-        return webhooks.filter(project__memberships__user=user, project__memberships__role="lead")
+        return access.scope(webhooks, self.request.user, access.Action.CONFIGURE)
 
     def perform_create(self, serializer: serializers.BaseSerializer) -> None:
-        if not can_edit_project(self.request.user, serializer.validated_data["project"]):
+        if not access.can(self.request.user, serializer.validated_data["project"], access.Action.CONFIGURE):
             raise PermissionDenied("Only the project's leads or staff can add its webhooks.")
         serializer.save()
 

@@ -10,8 +10,9 @@ from typing import Any
 
 from django import forms
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import ValidationError
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 
 from projects.models import Project, ProjectConfig, ProjectMembership, Task
 from projects.selectors import chat_choices, editable_state
@@ -23,6 +24,7 @@ from projects.services import (
     clean_team,
     error_field,
 )
+from sources.models import Chat
 from tasktracker.exceptions import DomainError
 
 _SEPARATORS = re.compile(r"[,\n]")
@@ -83,8 +85,10 @@ class ProjectConfigForm(forms.Form):
         error_field_name="exclude_keywords",
         help_text="Messages naming one of these are left out of the analysis.",
     )
+    # Any chat may be posted, and `bump_config` says which the user may add (one message
+    # for the page and the API); the boxes offer only those (`__init__`).
     chats = forms.ModelMultipleChoiceField(
-        queryset=chat_choices(),
+        queryset=Chat.objects.all(),
         required=False,
         widget=forms.CheckboxSelectMultiple,
         help_text="The Telegram chats the project's analysis reads.",
@@ -115,9 +119,10 @@ class ProjectConfigForm(forms.Form):
     )
     base_version = forms.CharField(widget=forms.HiddenInput, required=False)
 
-    def __init__(self, *args: Any, user_choices: UserChoices, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, user_choices: UserChoices, chats: QuerySet[Chat], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["default_assignee"].choices = user_choices
+        self.fields["chats"].widget.choices = [(chat.pk, str(chat)) for chat in chats]
 
     def clean_language(self) -> str:
         try:
@@ -218,12 +223,22 @@ class ConfigEditor:
     assignee. `changes()` is the whole configuration, for `bump_config`.
     """
 
-    def __init__(self, *, project: Project, config: ProjectConfig | None, data: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        project: Project,
+        config: ProjectConfig | None,
+        user: AbstractBaseUser | AnonymousUser,
+        data: Any = None,
+    ) -> None:
         state = editable_state(project, config)
         choices = user_choices({m["user_id"] for m in state["team"]})
         self.form = ProjectConfigForm(
             data,
             user_choices=choices,
+            # Only chats the user may add are offered (with those read already): the titles
+            # of the others are not theirs to see.
+            chats=chat_choices(user, project),
             initial={
                 "description": state["description"],
                 "language": state["language"],

@@ -29,10 +29,17 @@ class Project(models.Model):
         return reverse("admin:projects_project_change", args=[self.pk])
 
 
+class MembershipRole(models.TextChoices):
+    """A user's role in a project, `ProjectMembership.Role`; what each may do is said in
+    `projects.access`. Outside the model so that its `Meta` can name the values."""
+
+    LEAD = "lead", "Team lead"
+    REVIEWER = "reviewer", "Reviewer"
+    MEMBER = "member", "Member"
+
+
 class ProjectMembership(models.Model):
-    class Role(models.TextChoices):
-        LEAD = "lead", "Team lead"
-        MEMBER = "member", "Member"
+    Role = MembershipRole
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(
@@ -46,7 +53,7 @@ class ProjectMembership(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["project", "user"], name="membership_unique"),
             models.CheckConstraint(
-                condition=models.Q(role__in=["lead", "member"]), name="membership_role_valid"
+                condition=models.Q(role__in=MembershipRole.values), name="membership_role_valid"
             ),
         ]
 

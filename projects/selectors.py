@@ -1,4 +1,5 @@
-"""Reads of the `projects` app: who sees and edits what, a version's state, diffs.
+"""Reads of the `projects` app: projects and tasks as a user sees them, a version's state,
+diffs. Who sees and changes what is `projects.access`'s to say.
 
 A configuration version is compared through its *state*: a plain dict with one key per
 versioned field (`CONFIG_FIELDS`), chats and users by id, lists in a stable order. Two
@@ -13,6 +14,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery
 
+from projects import access
 from projects.models import Project, ProjectConfig, ProjectMembership, Task
 from sources.models import Chat
 from tasktracker.exceptions import DomainError
@@ -267,17 +269,12 @@ def versions_for_diff(project: Project, a: str, b: str) -> tuple[ProjectConfig, 
     return found[wanted[0]], found[wanted[1]]
 
 
-# Projects and who may do what
+# Projects and tasks, as a user may see them (`projects.access` says who sees what)
 
 
 def projects_visible_to(user: User) -> QuerySet[Project]:
     """Projects a user is on (all for staff), with their current version, leads, member
     and open task counts: a constant number of queries however many projects."""
-    projects = Project.objects.all()
-    if not user.is_authenticated:
-        return projects.none()
-    if not user.is_staff:
-        projects = projects.filter(pk__in=ProjectMembership.objects.filter(user=user).values("project_id"))
     open_tasks = (
         Task.objects.filter(project=OuterRef("pk"), status__in=OPEN_TASK_STATUSES)
         .order_by()
@@ -286,7 +283,8 @@ def projects_visible_to(user: User) -> QuerySet[Project]:
         .values("n")
     )
     return (
-        projects.select_related("default_assignee")
+        access.projects(user)
+        .select_related("default_assignee")
         .annotate(member_count=Count("memberships", distinct=True), open_task_count=Subquery(open_tasks))
         .prefetch_related(
             Prefetch(
@@ -306,35 +304,18 @@ def projects_visible_to(user: User) -> QuerySet[Project]:
     )
 
 
-def project_detail() -> QuerySet[Project]:
-    """Projects with their team (users joined) and default assignee, for one project's pages."""
-    return Project.objects.select_related("default_assignee").prefetch_related(
-        Prefetch("memberships", queryset=ProjectMembership.objects.select_related("user").order_by("role"))
+def project_detail(user: User) -> QuerySet[Project]:
+    """The projects a user sees, with their team (users joined) and default assignee, for
+    one project's pages."""
+    return (
+        access.projects(user)
+        .select_related("default_assignee")
+        .prefetch_related(
+            Prefetch(
+                "memberships", queryset=ProjectMembership.objects.select_related("user").order_by("role")
+            )
+        )
     )
-
-
-def is_project_lead(user: User, project: Project) -> bool:
-    if not user.is_authenticated:
-        return False
-    return project.memberships.filter(user=user, role=ProjectMembership.Role.LEAD).exists()
-
-
-def can_view_project(user: User, project: Project) -> bool:
-    if not user.is_authenticated:
-        return False
-    return user.is_staff or project.memberships.filter(user=user).exists()
-
-
-def can_edit_project(user: User, project: Project) -> bool:
-    """Edit the configuration or roll it back: the project's leads, and staff."""
-    return user.is_authenticated and (user.is_staff or is_project_lead(user, project))
-
-
-def can_create_projects(user: User) -> bool:
-    return user.is_authenticated and user.is_staff
-
-
-# Tasks
 
 
 def open_tasks(project: Project) -> QuerySet[Task]:
@@ -347,19 +328,7 @@ def open_tasks(project: Project) -> QuerySet[Task]:
 
 def tasks_visible_to(user: User) -> QuerySet[Task]:
     """Tasks of the projects a user is on (all for staff)."""
-    tasks = Task.objects.select_related("project", "assignee")
-    if not user.is_authenticated:
-        return tasks.none()
-    if user.is_staff:
-        return tasks
-    return tasks.filter(project__in=ProjectMembership.objects.filter(user=user).values("project_id"))
-
-
-def can_update_task(user: User, task: Task) -> bool:
-    """Move a task or assign it: anyone on its project's team, and staff."""
-    if not user.is_authenticated:
-        return False
-    return user.is_staff or ProjectMembership.objects.filter(project_id=task.project_id, user=user).exists()
+    return access.scope(Task.objects.select_related("project", "assignee"), user)
 
 
 def recent_runs(project: Project, *, limit: int = 10) -> list[Any]:
@@ -376,5 +345,6 @@ def recent_runs(project: Project, *, limit: int = 10) -> list[Any]:
     return list(runs[:limit])
 
 
-def chat_choices() -> QuerySet[Chat]:
-    return Chat.objects.order_by("title", "telegram_id")
+def chat_choices(user: User | None, project: Project | None) -> QuerySet[Chat]:
+    """The chats a user may choose for a project's configuration (`access.addable_chats`)."""
+    return access.addable_chats(user, project).order_by("title", "telegram_id")

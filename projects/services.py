@@ -17,13 +17,13 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils.text import slugify
 
+from projects import access
 from projects.models import Project, ProjectConfig, ProjectMembership, Task, WebhookEndpoint
 from projects.selectors import (
     CONFIG_FIELDS,
     FIELD_LABELS,
     ConfigState,
     FieldChange,
-    can_update_task,
     config_state,
     default_state,
     diff_states,
@@ -205,15 +205,33 @@ def clean_chats(value: Any) -> list[int]:
     return ids
 
 
+def check_chats_allowed(*, user: AbstractBaseUser | None, project: Project, chats: Iterable[int]) -> None:
+    """Refuse (`invalid_chats`) chats `user` may not add to `project`'s configuration: one
+    another project reads, unless `user` leads every project that reads it (staff and the
+    system, `user` None, may add any; see `access.addable_chats`)."""
+    wanted = set(chats)
+    if not wanted:
+        return
+    allowed = set(access.addable_chats(user, project).filter(pk__in=wanted).values_list("pk", flat=True))
+    if refused := sorted(wanted - allowed):
+        chat_list = ", ".join(map(str, refused))
+        raise _invalid(
+            "chats",
+            f"You cannot add chat {chat_list}: a project you do not lead reads it. Its team leads or "
+            "staff can.",
+        )
+
+
 def clean_team(value: Any) -> list[dict[str, Any]]:
-    """Members by user id, each once, roles lead or member, at least one lead."""
+    """Members by user id, each once, roles lead, reviewer or member, at least one lead."""
     members: dict[int, str] = {}
     for entry in _entries(value, "team"):
         user_id = getattr(entry.get("user"), "pk", entry.get("user_id"))
         [user_id] = _ids([user_id], "team")
         role = entry.get("role", ProjectMembership.Role.MEMBER)
         if role not in ProjectMembership.Role.values:
-            raise _invalid("team", f"{role!r} is not a role; use lead or member.")
+            roles = ", ".join(ProjectMembership.Role.values)
+            raise _invalid("team", f"{role!r} is not a role; use one of {roles}.")
         if user_id in members:
             raise _invalid("team", "Each person can be on the team once.")
         members[user_id] = role
@@ -328,6 +346,9 @@ def bump_config(
     between versions, and the new version records them as they are. The new version is
     applied back to the memberships and `Project.default_assignee`.
 
+    Chats the version did not read before must be ones `user` may add
+    (`check_chats_allowed`): a chat another project reads takes a lead of that project too.
+
     Locks the project row, so two concurrent saves get consecutive versions (the second
     compares with the first). With `base_version`, refuses (409) when the current version
     is no longer that one: the editor saw an older version and would undo a newer save.
@@ -346,6 +367,7 @@ def bump_config(
         )
     new = clean_config({**editable_state(project, current), **changes})
     old = config_state(current) if current is not None else default_state()
+    check_chats_allowed(user=user, project=project, chats=set(new["chats"]) - set(old["chats"]))
     changed = diff_states(old, new)
     if current is not None and not changed:
         return None
@@ -468,9 +490,10 @@ def update_task(
 ) -> Task:
     """Move a task to another status (only along `TASK_TRANSITIONS`; a done or cancelled
     task is reopened first) and/or assign it to someone on its project's team, or to
-    nobody with `assignee=None`. Only the project's team and staff may. Locks the task row."""
+    nobody with `assignee=None`. Only the project's team and staff may
+    (`access.Action.CHANGE_TASKS`). Locks the task row."""
     task = Task.objects.select_for_update().select_related("project").get(pk=task.pk)
-    if not can_update_task(user, task):
+    if not access.can(user, task.project_id, access.Action.CHANGE_TASKS):
         raise DomainError("Only the project's team can change its tasks.", code="forbidden", status=403)
     fields = []
     if status is not None and status != task.status:

@@ -7,17 +7,15 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from projects import access
 from projects.forms import ConfigEditor, NewProjectForm
-from projects.models import Project, ProjectMembership
+from projects.models import Project
 from projects.selectors import (
-    can_create_projects,
-    can_edit_project,
-    can_view_project,
     compare_configs,
     config_history,
     current_config,
@@ -36,15 +34,13 @@ OPEN_TASKS_SHOWN = 50
 
 def _project(request: HttpRequest, slug: str) -> Project:
     """A project the user may see; 404 for the others, as if it did not exist."""
-    project = get_object_or_404(project_detail(), slug=slug)
-    if not can_view_project(request.user, project):
-        raise Http404
-    return project
+    return get_object_or_404(project_detail(request.user), slug=slug)
 
 
 def _editable(request: HttpRequest, slug: str) -> Project:
-    project = get_object_or_404(project_detail(), slug=slug)
-    if not can_edit_project(request.user, project):
+    """A project the user may configure; 403 for one they only see."""
+    project = _project(request, slug)
+    if not access.can(request.user, project, access.Action.CONFIGURE):
         raise PermissionDenied
     return project
 
@@ -53,20 +49,22 @@ def _editable(request: HttpRequest, slug: str) -> Project:
 def project_list(request: HttpRequest) -> HttpResponse:
     user = request.user
     page = Paginator(projects_visible_to(user), 50).get_page(request.GET.get("page"))
-    led = set(
-        user.project_memberships.filter(role=ProjectMembership.Role.LEAD).values_list("project_id", flat=True)
+    configurable = set(
+        access.projects(user, access.Action.CONFIGURE)
+        .filter(pk__in=[project.pk for project in page])
+        .values_list("pk", flat=True)
     )
     for project in page:
-        project.can_edit = user.is_staff or project.pk in led
+        project.can_edit = project.pk in configurable
         project.current_config = project.current_configs[0] if project.current_configs else None
     return render(
-        request, "projects/project_list.html", {"page": page, "can_create": can_create_projects(user)}
+        request, "projects/project_list.html", {"page": page, "can_create": access.can_create_projects(user)}
     )
 
 
 @login_required
 def project_new(request: HttpRequest) -> HttpResponse:
-    if not can_create_projects(request.user):
+    if not access.can_create_projects(request.user):
         raise PermissionDenied
     form = NewProjectForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -98,7 +96,7 @@ def project_page(request: HttpRequest, slug: str) -> HttpResponse:
         "tasks": tasks[:OPEN_TASKS_SHOWN],
         "open_task_count": tasks.count(),
         "runs": recent_runs(project),
-        "can_edit": can_edit_project(request.user, project),
+        "can_edit": access.can(request.user, project, access.Action.CONFIGURE),
         "team_drifted": team_drifted(project, config),
     }
     return render(request, "projects/project_detail.html", context)
@@ -108,7 +106,7 @@ def project_page(request: HttpRequest, slug: str) -> HttpResponse:
 def project_edit(request: HttpRequest, slug: str) -> HttpResponse:
     project = _editable(request, slug)
     config = current_config(project)
-    editor = ConfigEditor(project=project, config=config, data=request.POST or None)
+    editor = ConfigEditor(project=project, config=config, user=request.user, data=request.POST or None)
     if request.method == "POST" and editor.is_valid():
         try:
             new = bump_config(
@@ -149,7 +147,7 @@ def project_history(request: HttpRequest, slug: str) -> HttpResponse:
         "project": project,
         "page": page,
         "versions": versions,
-        "can_edit": can_edit_project(request.user, project),
+        "can_edit": access.can(request.user, project, access.Action.CONFIGURE),
         "a": a,
         "b": b,
     }

@@ -13,15 +13,15 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
 
+from projects import access
 from proposals.forms import ProposalEditForm, RejectForm
 from proposals.models import HIGH_CONFIDENCE, MEDIUM_CONFIDENCE, ReviewEvent, TaskProposal, confidence_band
-from proposals.selectors import may_review_any, source_context
+from proposals.selectors import may_review_any, proposals_visible_to, source_context
 from proposals.services import (
     EDITABLE_FIELDS,
     BulkOutcome,
     approve_proposal,
     bulk_review,
-    can_review,
     edit_proposal,
     mark_duplicate,
     merge_proposals,
@@ -127,8 +127,8 @@ class TaskProposalAdmin(admin.ModelAdmin):
     """The review UI of the admin. Proposals are made by runs, and every change to one is a
     review through the review services, which leave a `ReviewEvent`: the actions call them,
     and the change form edits only `EDITABLE_FIELDS`, through `edit_proposal` (or
-    `approve_proposal` with "Save and approve"). Who may review: `can_review`; the others
-    see the proposals read-only and no actions."""
+    `approve_proposal` with "Save and approve"). Who sees and who reviews which proposals:
+    `projects.access`; those who see but do not review get read-only pages and no actions."""
 
     form = ProposalEditForm
     list_display = ["title", "project", "confidence_badge", "recommendation", "status", "run", "created_at"]
@@ -152,7 +152,13 @@ class TaskProposalAdmin(admin.ModelAdmin):
     # `get_absolute_url` points back into the admin; "View on site" would be a loop.
     view_on_site = False
 
-    # Permissions: reviewing follows `can_review`, not the model permissions.
+    # Permissions: reviewing follows `projects.access`, not the model permissions.
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TaskProposal]:
+        return proposals_visible_to(request.user, super().get_queryset(request))
+
+    def can_review(self, request: HttpRequest, obj: TaskProposal) -> bool:
+        return access.can(request.user, obj.project_id, access.Action.REVIEW)
 
     def has_review_permission(self, request: HttpRequest) -> bool:
         return may_review_any(request.user)
@@ -167,7 +173,7 @@ class TaskProposalAdmin(admin.ModelAdmin):
         if obj is None:
             return self.has_review_permission(request)
         # Only a pending proposal's fields can change; a reviewed one is a read-only page.
-        return obj.status == TaskProposal.Status.PENDING and can_review(request.user, obj.project)
+        return obj.status == TaskProposal.Status.PENDING and self.can_review(request, obj)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -250,7 +256,7 @@ class TaskProposalAdmin(admin.ModelAdmin):
         form_url: str = "",
         obj: TaskProposal | None = None,
     ) -> HttpResponse:
-        if obj is not None and can_review(request.user, obj.project):
+        if obj is not None and self.can_review(request, obj):
             pending = obj.status == TaskProposal.Status.PENDING
             context["review"] = {
                 "pending": pending,
@@ -274,7 +280,7 @@ class TaskProposalAdmin(admin.ModelAdmin):
             if (
                 obj is not None
                 and obj.status != TaskProposal.Status.PENDING
-                and can_review(request.user, obj.project)
+                and self.can_review(request, obj)
             ):
                 # Reviewed since the form was loaded (by a colleague, or in another tab): say
                 # so rather than answer with the 403 of a read-only page.
@@ -327,7 +333,7 @@ class TaskProposalAdmin(admin.ModelAdmin):
         obj = self.get_object(request, str(object_id))
         if obj is None:
             raise Http404
-        if not self.has_review_permission(request):
+        if not self.can_review(request, obj):
             raise PermissionDenied
         user = request.user
         try:
@@ -438,6 +444,9 @@ class ReviewEventAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     fields = ["created_at", "proposal", "user", "action", "note", "before", "after", "task"]
     readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ReviewEvent]:
+        return access.scope(super().get_queryset(request), request.user, via="proposal__project")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

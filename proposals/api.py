@@ -1,10 +1,12 @@
 """The API of the `proposals` app: the review queue and every review action.
 
 Mounted under `/api/v1/` by `tasktracker.api_urls`. Views validate the shape of a request
-and call `proposals.selectors` (reads) or `proposals.services` (writes). Who may review a
-proposal, and which moves are legal, is the services' to say: a proposal of a project you
-do not review is a 403, an illegal move (approving twice, approving a rejected proposal)
-a 409, each with the service's message, as on the review pages and in the admin.
+and call `proposals.selectors` (reads) or `proposals.services` (writes). Who sees and who
+reviews a proposal is `projects.access`'s to say: the members of its project see it, its
+reviewers and leads review it. A proposal of a project you are not on is a 404, as if it
+did not exist; one you see but do not review is a 403; an illegal move (approving twice,
+approving a rejected proposal) a 409, each with the service's message, as on the review
+pages and in the admin.
 """
 
 from typing import Any
@@ -19,23 +21,26 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
-from rest_framework.views import APIView
 
 from projects.api import TaskSerializer
 from projects.models import Task
 from proposals.models import ReviewEvent, TaskProposal
-from proposals.selectors import filter_band, may_review_any, proposal_detail, proposal_list
+from proposals.selectors import (
+    filter_band,
+    may_review_any,
+    proposal_detail,
+    proposal_list,
+    proposals_visible_to,
+)
 from proposals.services import (
     EDITABLE_FIELDS,
     approve_proposal,
     bulk_review,
-    can_review,
     edit_proposal,
     mark_duplicate,
     merge_proposals,
     reject_proposal,
     reopen_proposal,
-    reviewable_projects,
     split_proposal,
     undo_last_action,
 )
@@ -46,23 +51,11 @@ from tasktracker.api import IdFilter, help_texts
 # Each proposal of a bulk review is its own transaction (and webhook); a request stays short.
 BULK_REVIEW_MAX_PROPOSALS = 500
 
-FORBIDDEN = OpenApiResponse(description="You do not review proposals of this project.")
-NOT_FOUND = OpenApiResponse(description="No such proposal.")
+FORBIDDEN = OpenApiResponse(description="You are on the project, but do not review its proposals.")
+NOT_FOUND = OpenApiResponse(description="No such proposal, or not of a project you are on.")
 ILLEGAL_MOVE = OpenApiResponse(
     description="Not a legal move from the proposal's status; the message says why."
 )
-
-
-# Permissions
-
-
-class CanReviewProposal(permissions.BasePermission):
-    """Staff, the Reviewers group, and the leads of the proposal's project (`can_review`)."""
-
-    message = "You may not review proposals of this project."
-
-    def has_object_permission(self, request: Request, view: APIView, obj: TaskProposal) -> bool:
-        return can_review(request.user, obj.project)
 
 
 # Serializers
@@ -368,17 +361,18 @@ class ProposalFilter(filters.FilterSet):
 
 @extend_schema_view(
     list=extend_schema(
-        summary="List the proposals you review",
-        description="Proposals of the projects you review (all for staff and the Reviewers group, "
-        "the projects you lead otherwise; none for anyone else), most confident first, then oldest. "
+        summary="List proposals",
+        description="Proposals of the projects you are on (all for staff), most confident first, then "
+        "oldest; reviewing them takes a reviewer or team lead of the project. "
         "Filter by `status`, `project`, `run`, `band` (high, medium, low) and `recommendation`; "
         "`search` looks in the title and description; order by `confidence` or `created_at`.",
     ),
     retrieve=extend_schema(
         summary="Get a proposal with its sources and review history",
         description="Its source messages (with t.me links), the similar proposal or task it was "
-        "linked to with the score and kind of the match, and its review events, newest first.",
-        responses={200: ProposalDetailSerializer, 403: FORBIDDEN, 404: NOT_FOUND},
+        "linked to with the score and kind of the match, and its review events, newest first. "
+        "Proposals of the projects you are on (all for staff).",
+        responses={200: ProposalDetailSerializer, 404: NOT_FOUND},
     ),
     partial_update=extend_schema(
         summary="Edit a pending proposal",
@@ -398,24 +392,18 @@ class ProposalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     # PATCH and no PUT: a reviewer changes some fields, the others are the LLM's. The
     # actions pass the id to the services, which say 404 or 403 themselves.
     serializer_class = ProposalSerializer
-    permission_classes = [permissions.IsAuthenticated, CanReviewProposal]
+    permission_classes = [permissions.IsAuthenticated]
     filterset_class = ProposalFilter
     search_fields = ["title", "description"]
     ordering_fields = ["confidence", "created_at"]
     lookup_value_regex = r"\d+"
 
     def get_queryset(self) -> QuerySet[TaskProposal]:
+        if getattr(self, "swagger_fake_view", False):
+            return proposal_list().none()
         if self.action == "list":
-            if getattr(self, "swagger_fake_view", False):
-                return proposal_list().none()
-            # No DISTINCT: a user holds one membership per project (`membership_unique`), so
-            # the join to the leads' memberships repeats no proposal.
-            return (
-                proposal_list()
-                .filter(reviewable_projects(self.request.user))
-                .order_by("-confidence", "created_at", "pk")
-            )
-        return proposal_detail()
+            return proposals_visible_to(self.request.user).order_by("-confidence", "created_at", "pk")
+        return proposals_visible_to(self.request.user, proposal_detail())
 
     def get_serializer_class(self) -> type[serializers.BaseSerializer]:
         return ProposalSerializer if self.action == "list" else ProposalDetailSerializer

@@ -1,13 +1,15 @@
-"""Reads of the `proposals` app, with their related rows loaded up front."""
+"""Reads of the `proposals` app, with their related rows loaded up front. Who sees and
+reviews which proposals is `projects.access`'s to say: the members of a project see its
+proposals, its reviewers and leads review them."""
 
 from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import Prefetch, Q, QuerySet, prefetch_related_objects
 
+from projects import access
 from projects.models import Project, ProjectMembership
 from proposals.models import HIGH_CONFIDENCE, MEDIUM_CONFIDENCE, ReviewEvent, TaskProposal
-from proposals.services import REVIEWER_GROUP, reviewable_projects
 from sources.models import Chat, Message
 
 
@@ -18,6 +20,18 @@ def proposal_list() -> QuerySet[TaskProposal]:
     ).prefetch_related(
         Prefetch("source_messages", queryset=Message.objects.select_related("chat").order_by("sent_at"))
     )
+
+
+def proposals_visible_to(user: Any, queryset: QuerySet[TaskProposal] | None = None) -> QuerySet[TaskProposal]:
+    """Proposals of the projects a user is on (all for staff); `proposal_list()` by default."""
+    return access.scope(proposal_list() if queryset is None else queryset, user)
+
+
+def proposals_reviewable_by(
+    user: Any, queryset: QuerySet[TaskProposal] | None = None
+) -> QuerySet[TaskProposal]:
+    """Proposals of the projects a user reviews (all for staff)."""
+    return access.scope(proposal_list() if queryset is None else queryset, user, access.Action.REVIEW)
 
 
 def proposal_detail() -> QuerySet[TaskProposal]:
@@ -44,9 +58,7 @@ def review_queue(
     user: Any, *, project_id: int | None = None, band: str | None = None
 ) -> QuerySet[TaskProposal]:
     """The pending proposals a user may review, most confident first, then oldest."""
-    queryset = (
-        proposal_list().filter(reviewable_projects(user), status=TaskProposal.Status.PENDING).distinct()
-    )
+    queryset = proposals_reviewable_by(user).filter(status=TaskProposal.Status.PENDING)
     if project_id:
         queryset = queryset.filter(project_id=project_id)
     return filter_band(queryset, band).order_by("-confidence", "created_at", "pk")
@@ -64,24 +76,19 @@ def message_context(message: Message, *, around: int = 3) -> list[Message]:
 
 
 def may_review_any(user: Any) -> bool:
-    """Whether the user reviews some project's proposals: staff, the Reviewers group, or
-    a team lead (the project-wide reading of `can_review`)."""
-    if not getattr(user, "is_authenticated", False):
-        return False
-    if user.is_staff or user.groups.filter(name=REVIEWER_GROUP).exists():
-        return True
-    return user.project_memberships.filter(role=ProjectMembership.Role.LEAD).exists()
+    """Whether the user reviews some project's proposals: staff, or a reviewer or lead of one."""
+    return access.can_anywhere(user, access.Action.REVIEW)
 
 
 def projects_reviewable_by(user: Any) -> QuerySet[Project]:
     """The projects whose proposals the user reviews."""
-    if not getattr(user, "is_authenticated", False):
-        return Project.objects.none()
-    if user.is_staff or user.groups.filter(name=REVIEWER_GROUP).exists():
-        return Project.objects.all()
-    return Project.objects.filter(
-        memberships__user=user, memberships__role=ProjectMembership.Role.LEAD
-    ).distinct()
+    return access.projects(user, access.Action.REVIEW)
+
+
+def who_reviews_for(user: Any) -> list[ProjectMembership]:
+    """Who reviews the proposals of the projects a user is on: their reviewers and leads,
+    for a user who reviews none of them to ask."""
+    return list(access.reviewers(access.project_ids(user)))
 
 
 def queue_neighbours(queue: QuerySet[TaskProposal], proposal: TaskProposal) -> tuple[int | None, int | None]:

@@ -1,8 +1,13 @@
 """The review queue: one proposal at a time in its chat context, the most confident and
 oldest first. Approve and reject are plain forms that work without JavaScript; the
-shortcuts and the live notices of static/js/review_queue.js only add to them."""
+shortcuts and the live notices of static/js/review_queue.js only add to them.
 
+A proposal of a project the user is not on is a 404; a user who reviews no project (or
+not this proposal's) gets a page saying who does, with a 403 (`projects.access`)."""
+
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import wraps
 from typing import Any
 from urllib.parse import urlencode
 
@@ -15,23 +20,25 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from projects import access
 from proposals.forms import ProposalEditForm, QueueFilterForm, RejectForm
 from proposals.models import TaskProposal
 from proposals.selectors import (
     may_review_any,
     projects_reviewable_by,
     proposal_list,
+    proposals_reviewable_by,
+    proposals_visible_to,
     queue_neighbours,
     review_queue,
     source_context,
+    who_reviews_for,
 )
 from proposals.services import (
     approve_proposal,
-    can_review,
     edit_proposal,
     merge_with_similar,
     reject_proposal,
-    reviewable_projects,
     undo_last_action,
 )
 from tasktracker.exceptions import DomainError
@@ -65,19 +72,45 @@ def _filters(request: HttpRequest) -> tuple[QueueFilterForm, QueueFilters]:
     return form, QueueFilters(**form.values())
 
 
+class NotAReviewer(PermissionDenied):
+    """The user reviews no project, or not the project of the proposal asked for."""
+
+
+def review_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """A page of the review queue: for a user who may not review, a page that says who
+    may (a 403); a caller that wants no HTML gets the bare 403."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return view(request, *args, **kwargs)
+        except NotAReviewer:
+            if not request.accepts("text/html"):
+                raise
+            context = {
+                "reviews_any": may_review_any(request.user),
+                "reviewers": who_reviews_for(request.user),
+            }
+            return render(request, "proposals/not_a_reviewer.html", context, status=403)
+
+    return wrapper
+
+
 def _reviewer(request: HttpRequest) -> None:
     if not may_review_any(request.user):
-        raise PermissionDenied
+        raise NotAReviewer
 
 
 def _reviewable(
     request: HttpRequest, proposal_id: int, queryset: QuerySet[TaskProposal] | None = None
 ) -> TaskProposal:
+    """A proposal the user reviews: a 404 for one of a project they are not on, as if it did
+    not exist, a 403 for one they only see."""
     if queryset is None:
         queryset = TaskProposal.objects.select_related("project")
-    proposal = get_object_or_404(queryset, pk=proposal_id)
-    if not can_review(request.user, proposal.project):
-        raise PermissionDenied
+    proposal = get_object_or_404(proposals_visible_to(request.user, queryset), pk=proposal_id)
+    if not access.can(request.user, proposal.project_id, access.Action.REVIEW):
+        raise NotAReviewer
     return proposal
 
 
@@ -127,6 +160,7 @@ def _refused(request: HttpRequest, proposal: TaskProposal, error: DomainError) -
 
 
 @login_required
+@review_page
 def queue(request: HttpRequest) -> HttpResponse:
     _reviewer(request)
     filtering = _filters(request)
@@ -134,6 +168,7 @@ def queue(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
+@review_page
 def proposal_page(request: HttpRequest, proposal_id: int) -> HttpResponse:
     return _page(request, _reviewable(request, proposal_id, proposal_list()), _filters(request))
 
@@ -148,7 +183,8 @@ def queue_state(request: HttpRequest) -> JsonResponse:
     current = request.GET.get("current", "")
     if current.isdigit():
         status = (
-            TaskProposal.objects.filter(reviewable_projects(request.user), pk=int(current))
+            proposals_reviewable_by(request.user, TaskProposal.objects.all())
+            .filter(pk=int(current))
             .values_list("status", flat=True)
             .first()
         )
@@ -159,6 +195,7 @@ def queue_state(request: HttpRequest) -> JsonResponse:
 
 @login_required
 @require_POST
+@review_page
 def approve(request: HttpRequest, proposal_id: int) -> HttpResponse:
     proposal = _reviewable(request, proposal_id)
     try:
@@ -172,6 +209,7 @@ def approve(request: HttpRequest, proposal_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
+@review_page
 def reject(request: HttpRequest, proposal_id: int) -> HttpResponse:
     proposal = _reviewable(request, proposal_id)
     form = RejectForm(request.POST)
@@ -187,6 +225,7 @@ def reject(request: HttpRequest, proposal_id: int) -> HttpResponse:
 
 
 @login_required
+@review_page
 def edit(request: HttpRequest, proposal_id: int) -> HttpResponse:
     """Change the proposal's fields, then save it (still pending) or approve it as changed."""
     proposal = _reviewable(request, proposal_id, proposal_list())
@@ -222,6 +261,7 @@ def edit(request: HttpRequest, proposal_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
+@review_page
 def merge(request: HttpRequest, proposal_id: int) -> HttpResponse:
     """Merge the proposal with the similar proposal it was linked to."""
     proposal = _reviewable(request, proposal_id)
@@ -236,6 +276,7 @@ def merge(request: HttpRequest, proposal_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
+@review_page
 def undo(request: HttpRequest, proposal_id: int) -> HttpResponse:
     proposal = _reviewable(request, proposal_id)
     try:

@@ -21,9 +21,12 @@ logger = logging.getLogger(__name__)
 # an edit in the admin would silently diverge from Telegram and lose that history, so
 # these admins are view-only. Deleting stays possible, e.g. to remove a message that
 # should never have been stored.
+#
+# `ChatAdmin`, `MessageAdmin` and `MessageEditAdmin` are registered by `projects.admin`,
+# narrowed to the chats a user sees: that depends on which projects read a chat, which
+# only `projects.access` knows, and `sources` imports no other app.
 
 
-@admin.register(Chat)
 class ChatAdmin(admin.ModelAdmin):
     list_display = ["title", "telegram_id", "type", "username", "is_active", "message_count", "created_at"]
     list_display_links = ["title", "telegram_id"]
@@ -114,7 +117,6 @@ class MessageEditInline(admin.TabularInline):
         return False
 
 
-@admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
     list_display = ["chat", "telegram_id", "author_name", "short_text", "sent_at", "edited_at"]
     list_display_links = ["telegram_id", "short_text"]
@@ -155,7 +157,6 @@ class MessageAdmin(admin.ModelAdmin):
         return obj.link or self.get_empty_value_display()
 
 
-@admin.register(MessageEdit)
 class MessageEditAdmin(admin.ModelAdmin):
     list_display = ["__str__", "message", "short_previous_text", "edited_at", "recorded_at"]
     list_select_related = ["message"]

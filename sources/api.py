@@ -1,28 +1,22 @@
-"""The API of the `sources` app: chats, messages, and bulk ingestion for integrations.
+"""The API pieces of the `sources` app: serializers and filters of chats and messages, and
+the reading of a bulk ingestion request.
 
-Mounted under `/api/v1/` by `tasktracker.api_urls`. Views only check permissions,
-validate and call `sources.selectors` (reads) or `sources.services` (writes).
+The views that serve them are `projects.chat_api`'s: who sees a chat depends on which
+projects read it, and `sources` imports no other app (apps depend one way), so the
+chats and messages API is mounted where `projects.access` can be asked.
 """
 
 from datetime import datetime
 from typing import Any
 
 from django.core.validators import MaxLengthValidator, MinLengthValidator
-from django.db.models import QuerySet
 from django.utils import timezone
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
-from rest_framework import mixins, permissions, serializers, status, viewsets
-from rest_framework.decorators import action
-from rest_framework.parsers import JSONParser
+from rest_framework import serializers, status
 from rest_framework.request import Request
-from rest_framework.response import Response
-from rest_framework.routers import SimpleRouter
-from rest_framework.views import APIView
 
 from sources.models import Chat, Message, MessageEdit
-from sources.selectors import chat_detail, chat_list, message_detail, message_list
-from sources.services import BULK_MAX_MESSAGES, ingest_messages, update_chat
+from sources.services import BULK_MAX_MESSAGES
 from tasktracker.api import IdFilter, help_texts
 from tasktracker.exceptions import DomainError
 
@@ -34,33 +28,6 @@ BULK_MAX_TEXT_LENGTH = 10_000
 BULK_MAX_BODY_BYTES = 16 * 1024 * 1024
 _BIGINT_MAX = 2**63 - 1
 _BIGINT_MIN = -(2**63)
-
-
-# Permissions
-
-
-class IsStaffOrReadOnly(permissions.BasePermission):
-    """Any signed-in user reads; only staff change."""
-
-    message = "Only staff users can change chats."
-
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        user = request.user
-        if not (user and user.is_authenticated):
-            return False
-        return request.method in permissions.SAFE_METHODS or user.is_staff
-
-
-class CanIngestMessages(permissions.BasePermission):
-    """Staff, or an integration's user given the `sources.add_message` permission."""
-
-    message = "Posting messages takes a staff user or the sources.add_message permission."
-
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        user = request.user
-        return bool(
-            user and user.is_authenticated and (user.is_staff or user.has_perm("sources.add_message"))
-        )
 
 
 # Serializers
@@ -295,7 +262,7 @@ class MessageFilter(filters.FilterSet):
         fields = ["chat", "chat_telegram_id", "author_id", "sent_after", "sent_before"]
 
 
-# Views
+# Reading a bulk request
 
 
 def _content_length(request: Request) -> int:
@@ -305,116 +272,15 @@ def _content_length(request: Request) -> int:
         return 0
 
 
-@extend_schema_view(
-    list=extend_schema(
-        summary="List chats",
-        description="Chats by title. Filter by `is_active` and `type`; `search` looks in the title.",
-    ),
-    retrieve=extend_schema(
-        summary="Get a chat",
-        description="Any signed-in user. `is_active` says whether analysis runs read the chat.",
-    ),
-    partial_update=extend_schema(
-        summary="Rename a chat or switch it on or off",
-        description="Staff only. Changes `title` and `is_active`; other fields are ignored. A chat "
-        "switched off keeps storing its messages, but analysis runs skip it.",
-        request=ChatUpdateSerializer,
-        responses={200: ChatSerializer, 403: OpenApiResponse(description="Not a staff user.")},
-    ),
-)
-class ChatViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    # PATCH and no PUT (no `update`): a PUT would have to send fields Telegram owns.
-    serializer_class = ChatSerializer
-    permission_classes = [IsStaffOrReadOnly]
-    filterset_class = ChatFilter
-    search_fields = ["title"]
-    ordering_fields = ["title", "created_at"]
-    lookup_value_regex = r"\d+"
-
-    def get_queryset(self) -> QuerySet[Chat]:
-        return chat_list() if self.action == "list" else chat_detail()
-
-    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        chat = self.get_object()
-        changes = ChatUpdateSerializer(data=request.data, partial=True)
-        changes.is_valid(raise_exception=True)
-        chat = update_chat(chat=chat, **changes.validated_data)
-        return Response(ChatSerializer(chat).data)
-
-
-@extend_schema_view(
-    list=extend_schema(
-        summary="List messages",
-        description="Messages of every chat, oldest first. Filter by `chat` (or `chat_telegram_id`), "
-        "`author_id` and a time window (`sent_after` inclusive, `sent_before` exclusive); `search` "
-        "looks in the text; `ordering=-sent_at` gives newest first.",
-    ),
-    retrieve=extend_schema(
-        summary="Get a message with its edit history",
-        description="Its earlier texts are in `edits`, oldest first. Any signed-in user.",
-    ),
-)
-class MessageViewSet(viewsets.ReadOnlyModelViewSet):
-    permission_classes = [permissions.IsAuthenticated]
-    filterset_class = MessageFilter
-    search_fields = ["text"]
-    ordering_fields = ["sent_at", "id"]
-    lookup_value_regex = r"\d+"
-
-    def get_queryset(self) -> QuerySet[Message]:
-        return message_list() if self.action == "list" else message_detail()
-
-    def get_serializer_class(self) -> type[serializers.BaseSerializer]:
-        if self.action == "bulk":
-            return BulkMessagesSerializer
-        return MessageDetailSerializer if self.action == "retrieve" else MessageSerializer
-
-    @extend_schema(
-        summary="Store a batch of messages of one chat",
-        description=(
-            "For integrations. Creates the chat if new and stores up to "
-            f"{BULK_MAX_MESSAGES} messages in one transaction: a request that fails writes nothing. "
-            "Idempotent on (chat, Telegram message id): a message already stored as given counts as "
-            "`unchanged`; one with a different text and a later `edited_at` is `updated`, its previous "
-            "text kept in its edit history. Datetimes need a time zone. Duplicate ids in one request, "
-            f"an empty list, more than {BULK_MAX_MESSAGES} messages or a body over "
-            f"{BULK_MAX_BODY_BYTES // (1024 * 1024)} MiB are refused. Takes a staff user or the "
-            "`sources.add_message` permission (token or session)."
-        ),
-        request=BulkMessagesSerializer,
-        responses={
-            200: IngestCountsSerializer,
-            400: OpenApiResponse(description="Invalid payload; field errors, nothing written."),
-            403: OpenApiResponse(description="Neither staff nor granted `sources.add_message`."),
-            413: OpenApiResponse(description=f"Body over {BULK_MAX_BODY_BYTES // (1024 * 1024)} MiB."),
-        },
-    )
-    @action(
-        detail=False,
-        methods=["post"],
-        url_path="bulk",
-        permission_classes=[CanIngestMessages],
-        parser_classes=[JSONParser],
-        filter_backends=[],
-        pagination_class=None,
-    )
-    def bulk(self, request: Request) -> Response:
-        # Checked before `request.data` parses the body.
-        if _content_length(request) > BULK_MAX_BODY_BYTES:
-            raise DomainError(
-                f"The body is over {BULK_MAX_BODY_BYTES} bytes; send fewer messages per request.",
-                code="too_large",
-                status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-            )
-        payload = BulkMessagesSerializer(data=request.data)
-        payload.is_valid(raise_exception=True)
-        counts = ingest_messages(**payload.validated_data)
-        return Response(IngestCountsSerializer(counts).data)
-
-
-router = SimpleRouter()
-router.register("chats", ChatViewSet, basename="chat")
-router.register("messages", MessageViewSet, basename="message")
-
-app_name = "sources"
-urlpatterns = router.urls
+def read_bulk(request: Request) -> dict[str, Any]:
+    """A bulk ingestion request's chat and messages, validated for `ingest_messages`. The
+    body's size is checked before it is parsed; field errors are a 400."""
+    if _content_length(request) > BULK_MAX_BODY_BYTES:
+        raise DomainError(
+            f"The body is over {BULK_MAX_BODY_BYTES} bytes; send fewer messages per request.",
+            code="too_large",
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    payload = BulkMessagesSerializer(data=request.data)
+    payload.is_valid(raise_exception=True)
+    return payload.validated_data

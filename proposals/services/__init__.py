@@ -13,18 +13,15 @@ from proposals.services.creation import (
 from proposals.services.reviews import (
     EDITABLE_FIELDS,
     PENDING,
-    REVIEWER_GROUP,
     BulkOutcome,
     approve_proposal,
     bulk_review,
-    can_review,
     edit_proposal,
     mark_duplicate,
     merge_proposals,
     merge_with_similar,
     reject_proposal,
     reopen_proposal,
-    reviewable_projects,
     split_proposal,
     undo_last_action,
 )
@@ -32,7 +29,6 @@ from proposals.services.reviews import (
 __all__ = [
     "EDITABLE_FIELDS",
     "PENDING",
-    "REVIEWER_GROUP",
     "SIMILAR_TITLE_RATIO",
     "BulkOutcome",
     "DuplicateFinder",
@@ -41,7 +37,6 @@ __all__ = [
     "Similarity",
     "approve_proposal",
     "bulk_review",
-    "can_review",
     "create_proposal",
     "create_proposals",
     "edit_proposal",
@@ -50,7 +45,6 @@ __all__ = [
     "merge_with_similar",
     "reject_proposal",
     "reopen_proposal",
-    "reviewable_projects",
     "split_proposal",
     "undo_last_action",
 ]

@@ -1,4 +1,8 @@
-"""Reviews of proposals: approve, edit, reject, merge, split, mark duplicate, reopen, undo."""
+"""Reviews of proposals: approve, edit, reject, merge, split, mark duplicate, reopen, undo.
+
+Who may review a proposal is `projects.access`'s to say (`Action.REVIEW`: the project's
+reviewers and leads, and staff); every action asks it when it locks the proposal.
+"""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -6,10 +10,10 @@ from datetime import date
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
-from projects.models import Project, Task, WebhookEndpoint
+from projects import access
+from projects.models import Task, WebhookEndpoint
 from projects.services import task_payload
 from projects.webhooks import emit_webhook
 from proposals.models import ReviewEvent, TaskProposal
@@ -21,23 +25,6 @@ from tasktracker.realtime import broadcast
 
 PENDING = TaskProposal.Status.PENDING
 EDITABLE_FIELDS = ("title", "description", "priority", "category", "tags", "due_date", "suggested_assignee")
-REVIEWER_GROUP = "Reviewers"
-
-
-def can_review(user: Any, project: Project) -> bool:
-    """Staff, members of the Reviewers group, and the project's team leads review its proposals."""
-    if not getattr(user, "is_authenticated", False):
-        return False
-    if user.is_staff or user.groups.filter(name=REVIEWER_GROUP).exists():
-        return True
-    return project.memberships.filter(user=user, role="lead").exists()
-
-
-def reviewable_projects(user: Any) -> Q:
-    """A filter on proposals: those the user may review."""
-    if user.is_staff or user.groups.filter(name=REVIEWER_GROUP).exists():
-        return Q()
-    return Q(project__memberships__user=user, project__memberships__role="lead")
 
 
 def _snapshot(proposal: TaskProposal) -> dict[str, Any]:
@@ -58,6 +45,8 @@ def _snapshot(proposal: TaskProposal) -> dict[str, Any]:
 
 
 def _lock(proposal_id: int, user: Any) -> TaskProposal:
+    """The proposal, locked, once `user` may review it: a 404 for a proposal of a project
+    they are not on (as for one that does not exist), a 403 for one they only see."""
     proposal = (
         # Lock the proposal row only: FOR UPDATE cannot reach the nullable side of a join.
         TaskProposal.objects.select_for_update(of=("self",))
@@ -65,9 +54,9 @@ def _lock(proposal_id: int, user: Any) -> TaskProposal:
         .filter(pk=proposal_id)
         .first()
     )
-    if proposal is None:
+    if proposal is None or not access.can(user, proposal.project_id, access.Action.VIEW):
         raise DomainError(f"There is no proposal {proposal_id}.", code="not_found", status=404)
-    if not can_review(user, proposal.project):
+    if not access.can(user, proposal.project_id, access.Action.REVIEW):
         raise DomainError(
             f"You may not review proposals of {proposal.project}.", code="forbidden", status=403
         )

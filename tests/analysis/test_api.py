@@ -4,7 +4,7 @@ from rest_framework.test import APIClient
 
 from analysis.models import AnalysisRun
 from tests.analysis.helpers import make_setup
-from tests.factories import BatchFactory, UserFactory
+from tests.factories import BatchFactory, ProjectMembershipFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 RUNS = "/api/v1/runs/"
@@ -67,8 +67,16 @@ def test_bad_fields_are_400_with_field_errors(setup, changes: dict, field: str) 
 
 
 def test_a_user_who_leads_no_project_cannot_start_runs(setup) -> None:
-    response = client_for(UserFactory()).post(RUNS, payload(setup), format="json")
-    assert response.status_code == 403
+    member = ProjectMembershipFactory(project=setup["project"], role="reviewer").user
+    outsider = UserFactory()
+
+    refused = client_for(member).post(RUNS, payload(setup), format="json")
+    unknown = client_for(outsider).post(RUNS, payload(setup), format="json")
+
+    assert refused.status_code == 403
+    # To someone not on its team, the project does not exist.
+    assert (unknown.status_code, list(unknown.json())) == (400, ["projects"])
+    assert AnalysisRun.objects.count() == 0
 
 
 def test_cancel_and_the_batches_of_a_run(setup) -> None:

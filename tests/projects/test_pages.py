@@ -18,35 +18,13 @@ from tests.factories import (
     TaskFactory,
     UserFactory,
 )
+from tests.projects.helpers import form_data
 
 pytestmark = pytest.mark.django_db
 
 
 def url(name: str, project: Project) -> str:
     return reverse(f"projects:{name}", args=[project.slug])
-
-
-def form_data(response: Any) -> dict[str, Any]:
-    """The POST data the edit page in `response` sends when saved unchanged."""
-    editor = response.context["editor"]
-    data: dict[str, Any] = {}
-
-    def add(form: Any) -> None:
-        for name in form.fields:
-            value = form[name].value()
-            if value is None or value is False:
-                continue
-            if isinstance(value, list | tuple):
-                data[form[name].html_name] = [str(item) for item in value]
-            else:
-                data[form[name].html_name] = "on" if value is True else str(value)
-
-    add(editor.form)
-    for formset in editor.formsets.values():
-        add(formset.management_form)
-        for form in formset.forms:
-            add(form)
-    return data
 
 
 def field_html(html: str, field_id: str) -> str:
@@ -331,15 +309,16 @@ def test_a_team_changed_in_the_admin_is_pointed_out_before_saving(
 # Permissions
 
 
-@pytest.mark.parametrize("who", ["member", "outsider"])
+@pytest.mark.parametrize(("who", "status"), [("member", 403), ("outsider", 404)])
 def test_only_leads_and_staff_edit_and_roll_back(
-    client: Client, project: Project, member: Any, who: str
+    client: Client, project: Project, member: Any, who: str, status: int
 ) -> None:
+    # A member sees the project and may not change it; to an outsider it does not exist.
     client.force_login(member if who == "member" else UserFactory())
 
-    assert client.get(url("project-edit", project)).status_code == 403
-    assert client.post(url("project-edit", project), {"keywords": "x"}).status_code == 403
-    assert client.post(url("project-rollback", project), {"version": "1.0.0"}).status_code == 403
+    assert client.get(url("project-edit", project)).status_code == status
+    assert client.post(url("project-edit", project), {"keywords": "x"}).status_code == status
+    assert client.post(url("project-rollback", project), {"version": "1.0.0"}).status_code == status
     assert project.configs.count() == 1
 
 
@@ -359,7 +338,8 @@ def test_a_lead_of_another_project_cannot_edit_this_one(client: Client, project:
     other_lead = UserFactory()
     create_project(name="Back office", slug="back-office", user=other_lead)
     client.force_login(other_lead)
-    assert client.get(url("project-edit", project)).status_code == 403
+    # Not on its team: the project does not exist for them.
+    assert client.get(url("project-edit", project)).status_code == 404
 
 
 # History, diff and rollback

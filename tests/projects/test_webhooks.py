@@ -9,13 +9,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group
 from rest_framework.test import APIClient
 
-from projects.models import WebhookDelivery, WebhookEndpoint
+from projects.models import ProjectMembership, WebhookDelivery, WebhookEndpoint
 from projects.services import update_task
 from projects.webhooks import DeliveryFailed, deliver, give_up
-from proposals.services import REVIEWER_GROUP, approve_proposal
+from proposals.services import approve_proposal
 from tests.factories import ProjectMembershipFactory, TaskFactory, TaskProposalFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -54,9 +53,8 @@ def receiver() -> Iterator[Receiver]:
 
 
 def test_an_approval_is_posted_signed_to_the_projects_webhook(receiver: Receiver) -> None:
-    reviewer = UserFactory()
-    reviewer.groups.add(Group.objects.get(name=REVIEWER_GROUP))
     proposal = TaskProposalFactory(title="Fix the login crash")
+    reviewer = ProjectMembershipFactory(project=proposal.project, role=ProjectMembership.Role.REVIEWER).user
     endpoint = WebhookEndpoint.objects.create(project=proposal.project, url=receiver.url, secret="s3cret")
     task = approve_proposal(proposal_id=proposal.pk, user=reviewer)
     delivery = WebhookDelivery.objects.get(endpoint=endpoint)

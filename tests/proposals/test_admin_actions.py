@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from django.contrib import admin
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test import Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from projects.models import ProjectMembership, Task
 from proposals.models import ReviewEvent, TaskProposal
-from proposals.services import REVIEWER_GROUP, approve_proposal, reject_proposal
+from proposals.services import approve_proposal, reject_proposal
 from tests.factories import (
     ChatFactory,
     MessageFactory,
@@ -33,10 +33,9 @@ REVIEW_ACTIONS = ["approve_selected", "reject_selected", "merge_selected", "mark
 
 @pytest.fixture
 def reviewer() -> Any:
-    """Staff in the Reviewers group, with no model permissions: reviewing is `can_review`."""
-    user = UserFactory(username="rita", is_staff=True)
-    user.groups.add(Group.objects.get(name=REVIEWER_GROUP))
-    return user
+    """Staff with no model permissions: reviewing is `projects.access`'s, and staff review
+    every project."""
+    return UserFactory(username="rita", is_staff=True)
 
 
 @pytest.fixture
@@ -418,11 +417,12 @@ def test_only_reviewers_get_actions() -> None:
 
 
 def test_someone_who_may_not_review_sees_a_read_only_page_and_no_actions() -> None:
-    """The admin lets in staff only, and staff review; someone who only has the model's
-    view permission still gets a page without actions or fields to edit."""
-    viewer = UserFactory()
-    viewer.user_permissions.add(Permission.objects.get(codename="view_taskproposal"))
+    """The admin lets in staff only, and staff review; a member of the project (who sees
+    its proposals) with the model's view permission still gets a page without actions or
+    fields to edit."""
     proposal = TaskProposalFactory(title="Fix login")
+    viewer = ProjectMembershipFactory(project=proposal.project, role=ProjectMembership.Role.MEMBER).user
+    viewer.user_permissions.add(Permission.objects.get(codename="view_taskproposal"))
 
     changelist = model_admin().changelist_view(request_of(viewer))
     changelist.render()

@@ -3,7 +3,6 @@
 from datetime import date
 
 import pytest
-from django.contrib.auth.models import Group
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
@@ -12,7 +11,7 @@ from rest_framework.test import APIClient
 from analysis.models import AnalysisRun
 from projects.models import Task
 from proposals.models import ReviewEvent, TaskProposal
-from proposals.services import REVIEWER_GROUP, approve_proposal, reject_proposal
+from proposals.services import approve_proposal, reject_proposal
 from tests.factories import (
     AnalysisRunFactory,
     ChatFactory,
@@ -23,6 +22,7 @@ from tests.factories import (
     TaskProposalFactory,
     UserFactory,
 )
+from tests.proposals.helpers import review_every_project
 
 pytestmark = pytest.mark.django_db
 PROPOSALS = "/api/v1/proposals/"
@@ -37,9 +37,7 @@ def client_for(user: object) -> APIClient:
 
 @pytest.fixture
 def reviewer():
-    user = UserFactory(username="rita")
-    user.groups.add(Group.objects.get(name=REVIEWER_GROUP))
-    return user
+    return review_every_project(UserFactory(username="rita"))
 
 
 @pytest.fixture
@@ -83,22 +81,25 @@ def test_a_reviewer_lists_proposals_most_confident_first(reviewer) -> None:
     assert body["results"][0]["band"] == "high"
 
 
-def test_a_lead_lists_only_the_proposals_of_projects_they_lead() -> None:
+def test_a_user_lists_the_proposals_of_the_projects_they_are_on() -> None:
     lead = UserFactory()
     led = ProjectMembershipFactory(user=lead, role="lead").project
     member_of = ProjectMembershipFactory(user=lead, role="member").project
     mine = TaskProposalFactory(project=led)
-    TaskProposalFactory(project=member_of)
+    read_only = TaskProposalFactory(project=member_of)
     TaskProposalFactory()
     response = client_for(lead).get(PROPOSALS)
-    assert [p["id"] for p in response.json()["results"]] == [mine.pk]
+    assert [p["id"] for p in response.json()["results"]] == [mine.pk, read_only.pk]
 
 
-def test_a_non_reviewer_lists_nothing(outsider) -> None:
-    ProjectMembershipFactory(user=outsider, role="member", project=TaskProposalFactory().project)
-    response = client_for(outsider).get(PROPOSALS)
-    assert response.status_code == 200
-    assert response.json()["results"] == []
+def test_a_member_lists_their_projects_proposals_and_an_outsider_nothing(outsider) -> None:
+    seen = TaskProposalFactory()
+    member = ProjectMembershipFactory(role="member", project=seen.project).user
+    TaskProposalFactory()
+    listed = client_for(member).get(PROPOSALS)
+    nothing = client_for(outsider).get(PROPOSALS)
+    assert [p["id"] for p in listed.json()["results"]] == [seen.pk]
+    assert (nothing.status_code, nothing.json()["results"]) == (200, [])
 
 
 def test_an_anonymous_client_is_refused() -> None:
@@ -157,8 +158,10 @@ def test_the_detail_shows_sources_similarity_and_review_events(proposal, reviewe
     assert event["created_at"]
 
 
-def test_a_non_reviewer_cannot_see_a_proposal(proposal, outsider) -> None:
-    assert client_for(outsider).get(url(proposal)).status_code == 403
+def test_a_proposal_is_hidden_from_who_is_not_on_its_project(proposal, outsider) -> None:
+    member = ProjectMembershipFactory(role="member", project=proposal.project).user
+    assert client_for(outsider).get(url(proposal)).status_code == 404
+    assert client_for(member).get(url(proposal)).status_code == 200
 
 
 def test_a_missing_proposal_is_a_404(reviewer) -> None:
@@ -401,7 +404,7 @@ def test_a_lead_bulk_approving_other_projects_gets_them_refused() -> None:
         f"{PROPOSALS}bulk/", {"proposal_ids": [mine.pk, theirs.pk], "action": "approve"}, format="json"
     )
     assert response.json()["done"] == [mine.pk]
-    assert "may not review" in response.json()["refused"][str(theirs.pk)]
+    assert response.json()["refused"][str(theirs.pk)] == f"There is no proposal {theirs.pk}."
 
 
 # Who may review
@@ -432,8 +435,12 @@ def test_a_non_reviewer_is_refused_every_action(
     assert not ReviewEvent.objects.exists()
 
 
-def test_a_non_reviewer_cannot_merge_split_or_bulk_review(proposal, outsider) -> None:
+@pytest.mark.parametrize(("who", "status"), [("member", 403), ("outsider", 404)])
+def test_a_non_reviewer_cannot_merge_split_or_bulk_review(proposal, outsider, who: str, status: int) -> None:
+    # A member sees the proposals and may not review them; to an outsider they do not exist.
     other = TaskProposalFactory(project=proposal.project)
+    if who == "member":
+        ProjectMembershipFactory(user=outsider, project=proposal.project, role="member")
     client = client_for(outsider)
     merge = client.post(f"{PROPOSALS}merge/", {"proposal_ids": [proposal.pk, other.pk]}, format="json")
     ids = list(proposal.source_messages.values_list("pk", flat=True))
@@ -442,7 +449,7 @@ def test_a_non_reviewer_cannot_merge_split_or_bulk_review(proposal, outsider) ->
     bulk = client.post(
         f"{PROPOSALS}bulk/", {"proposal_ids": [proposal.pk], "action": "approve"}, format="json"
     )
-    assert (merge.status_code, split.status_code, bulk.status_code) == (403, 403, 403)
+    assert (merge.status_code, split.status_code, bulk.status_code) == (status, status, 403)
     assert not ReviewEvent.objects.exists()
     assert Task.objects.count() == 0
 
@@ -453,7 +460,7 @@ def test_a_lead_reviews_their_projects_proposals_only(proposal) -> None:
     client = client_for(lead)
     assert client.post(url(proposal, "approve"), {}, format="json").status_code == 201
     elsewhere = TaskProposalFactory()
-    assert client.post(url(elsewhere, "approve"), {}, format="json").status_code == 403
+    assert client.post(url(elsewhere, "approve"), {}, format="json").status_code == 404
 
 
 def test_token_authentication_works(proposal, reviewer) -> None:
@@ -506,7 +513,7 @@ def test_closing_a_reviewed_run_stores_its_review_stats(completed_run) -> None:
 
 def test_only_staff_or_the_runs_leads_close_it(completed_run, reviewer) -> None:
     run = completed_run["run"]
-    ProjectMembershipFactory(user=reviewer, project=run.projects.get(), role="member")
+    # The reviewer reviews the run's project and does not lead it.
     assert client_for(reviewer).post(f"{RUNS}{run.pk}/close/").status_code == 403
 
 

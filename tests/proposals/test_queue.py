@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.contrib.auth.models import Group
 from django.db import connection, connections
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -17,7 +16,7 @@ from django.utils import timezone
 
 from projects.models import ProjectMembership, Task
 from proposals.models import TaskProposal
-from proposals.services import REVIEWER_GROUP, approve_proposal, reject_proposal
+from proposals.services import approve_proposal, reject_proposal
 from tasktracker.asgi import application
 from tests.factories import (
     ChatFactory,
@@ -28,6 +27,7 @@ from tests.factories import (
     TaskProposalFactory,
     UserFactory,
 )
+from tests.proposals.helpers import review_every_project
 
 pytestmark = pytest.mark.django_db
 QUEUE = reverse("proposals:queue")
@@ -35,9 +35,7 @@ NOW = timezone.now()
 
 
 def reviewer_user(username: str = "rita") -> Any:
-    user = UserFactory(username=username)
-    user.groups.add(Group.objects.get_or_create(name=REVIEWER_GROUP)[0])
-    return user
+    return review_every_project(UserFactory(username=username))
 
 
 @pytest.fixture
@@ -393,8 +391,9 @@ def test_a_team_lead_reviews_only_the_projects_they_lead(client_of) -> None:
     page = client.get(QUEUE)
 
     assert (shown_title(page), page.context["remaining"]) == ("Mine", 1)
-    assert client.get(url("proposal", theirs)).status_code == 403
-    assert client.post(url("approve", theirs)).status_code == 403
+    # Not on the other project's team: its proposals do not exist for them.
+    assert client.get(url("proposal", theirs)).status_code == 404
+    assert client.post(url("approve", theirs)).status_code == 404
     assert client.post(url("approve", mine)).status_code == 302
     assert list(Task.objects.values_list("title", flat=True)) == ["Mine"]
 

@@ -3,14 +3,12 @@
 from datetime import date
 
 import pytest
-from django.contrib.auth.models import Group
 
 from analysis.models import AnalysisRun
 from analysis.services import close_run
 from projects.models import Task
 from proposals.models import ReviewEvent, TaskProposal
 from proposals.services import (
-    REVIEWER_GROUP,
     approve_proposal,
     bulk_review,
     edit_proposal,
@@ -31,15 +29,14 @@ from tests.factories import (
     TaskProposalFactory,
     UserFactory,
 )
+from tests.proposals.helpers import review_every_project
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def reviewer():
-    user = UserFactory(username="rita")
-    user.groups.add(Group.objects.get(name=REVIEWER_GROUP))
-    return user
+    return review_every_project(UserFactory(username="rita"))
 
 
 @pytest.fixture
@@ -221,17 +218,23 @@ def test_bulk_review_reports_what_it_refused(reviewer) -> None:
 
 
 def test_only_reviewers_and_the_projects_leads_may_review(proposal) -> None:
+    # To someone not on the project, its proposals do not exist.
     with pytest.raises(DomainError) as error:
         approve_proposal(proposal_id=proposal.pk, user=UserFactory())
-    assert error.value.status == 403
+    assert error.value.status == 404
     lead = UserFactory()
     ProjectMembershipFactory(project=proposal.project, user=lead, role="lead")
     approve_proposal(proposal_id=proposal.pk, user=lead)
     member = UserFactory()
     ProjectMembershipFactory(project=proposal.project, user=member, role="member")
     other = TaskProposalFactory(project=proposal.project)
-    with pytest.raises(DomainError):
+    with pytest.raises(DomainError) as error:
         reject_proposal(proposal_id=other.pk, user=member, reason="x")
+    assert error.value.status == 403
+    reviewer = ProjectMembershipFactory(project=proposal.project, role="reviewer").user
+    reject_proposal(proposal_id=other.pk, user=reviewer, reason="x")
+    other.refresh_from_db()
+    assert (other.status, other.reviewer) == ("rejected", reviewer)
 
 
 def test_closing_a_run_stores_its_review_figures(reviewer) -> None:

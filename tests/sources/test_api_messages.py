@@ -14,7 +14,14 @@ import sources.api
 from sources.models import Chat, Message, MessageEdit
 from sources.services import BULK_MAX_MESSAGES, ingest_messages
 from tasktracker.exceptions import DomainError
-from tests.factories import ChatFactory, MessageEditFactory, MessageFactory, UserFactory
+from tests.factories import (
+    ChatFactory,
+    MessageEditFactory,
+    MessageFactory,
+    ProjectConfigFactory,
+    ProjectMembershipFactory,
+    UserFactory,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -46,6 +53,12 @@ def payload(messages: list[dict[str, Any]], **chat_overrides: Any) -> dict[str, 
 @pytest.fixture
 def api_client() -> APIClient:
     return APIClient()
+
+
+def reader_of(*chats: Chat) -> Any:
+    """A member of a project whose current configuration reads `chats`: who sees them."""
+    project = ProjectConfigFactory(chats=list(chats)).project
+    return ProjectMembershipFactory(project=project).user
 
 
 @pytest.fixture
@@ -281,8 +294,8 @@ def test_ingest_messages_refuses_a_duplicate_id_itself() -> None:
 
 
 def test_messages_list_filters_by_chat_and_time_window(api_client: APIClient) -> None:
-    api_client.force_login(UserFactory())
     chat, other_chat = ChatFactory(), ChatFactory()
+    api_client.force_login(reader_of(chat, other_chat))
     before = MessageFactory(chat=chat, sent_at=T0 - timedelta(minutes=1))
     at_start = MessageFactory(chat=chat, sent_at=T0)
     inside = MessageFactory(chat=chat, sent_at=T0 + timedelta(minutes=30))
@@ -305,8 +318,8 @@ def test_messages_list_filters_by_chat_and_time_window(api_client: APIClient) ->
 
 
 def test_messages_list_filters_by_author_searches_text_and_orders_newest_first(api_client: APIClient) -> None:
-    api_client.force_login(UserFactory())
     chat = ChatFactory()
+    api_client.force_login(reader_of(chat))
     old = MessageFactory(chat=chat, author_id=7, text="deploy on friday", sent_at=T0)
     new = MessageFactory(chat=chat, author_id=7, text="Deploy again", sent_at=T0 + timedelta(hours=1))
     MessageFactory(chat=chat, author_id=8, text="deploy it", sent_at=T0)
@@ -318,8 +331,8 @@ def test_messages_list_filters_by_author_searches_text_and_orders_newest_first(a
 
 
 def test_message_detail_shows_its_edit_history(api_client: APIClient) -> None:
-    api_client.force_login(UserFactory())
     message = MessageFactory(text="Now", chat=ChatFactory(username="team"))
+    api_client.force_login(reader_of(message.chat))
     MessageFactory.create_batch(2)
     MessageEditFactory(message=message, previous_text="Before")
 
@@ -340,7 +353,8 @@ def test_an_anonymous_client_cannot_list_messages(api_client: APIClient) -> None
 
 
 def test_messages_list_runs_the_same_number_of_queries_for_5_and_30_messages(api_client: APIClient) -> None:
-    api_client.force_login(UserFactory())
+    # Staff see every chat's messages.
+    api_client.force_login(UserFactory(is_staff=True))
 
     def count_queries() -> int:
         with CaptureQueriesContext(connection) as queries:
@@ -358,11 +372,13 @@ def test_messages_list_runs_the_same_number_of_queries_for_5_and_30_messages(api
 
 
 def test_chats_list_filters_by_active_and_type_and_searches_the_title(api_client: APIClient) -> None:
-    api_client.force_login(UserFactory())
     wanted = ChatFactory(title="Backend team", type=Chat.Type.SUPERGROUP, is_active=True)
-    ChatFactory(title="Backend old", type=Chat.Type.SUPERGROUP, is_active=False)
-    ChatFactory(title="Backend DMs", type=Chat.Type.PRIVATE, is_active=True)
-    ChatFactory(title="Frontend team", type=Chat.Type.SUPERGROUP, is_active=True)
+    others = [
+        ChatFactory(title="Backend old", type=Chat.Type.SUPERGROUP, is_active=False),
+        ChatFactory(title="Backend DMs", type=Chat.Type.PRIVATE, is_active=True),
+        ChatFactory(title="Frontend team", type=Chat.Type.SUPERGROUP, is_active=True),
+    ]
+    api_client.force_login(reader_of(wanted, *others))
 
     response = api_client.get(CHATS_URL, {"is_active": "true", "type": "supergroup", "search": "backend"})
 
@@ -396,8 +412,8 @@ def test_a_chat_switched_off_keeps_storing_messages(staff_client: APIClient) -> 
 
 
 def test_a_user_who_is_not_staff_cannot_change_a_chat_but_can_read_it(api_client: APIClient) -> None:
-    api_client.force_login(UserFactory())
     chat = ChatFactory(is_active=True)
+    api_client.force_login(reader_of(chat))
 
     patched = api_client.patch(f"{CHATS_URL}{chat.pk}/", {"is_active": False}, format="json")
     read = api_client.get(f"{CHATS_URL}{chat.pk}/")
