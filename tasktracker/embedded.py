@@ -27,7 +27,7 @@ from tasktracker import embedded_llm
 BASE_DIR = Path(__file__).resolve().parent.parent
 RUN_DIR = BASE_DIR / ".run"
 DEMO_LOGIN = ("admin", "admin")
-DEMO_TEAM_LOGIN = ("alice (team lead), bob, carol, dave, erin", "demo-pass-123")
+DEMO_TEAM_LOGIN = ("alice (team lead), bob (reviewer), carol, dave, erin", "demo-pass-123")
 
 
 def redis_server_binary() -> str:

@@ -43,7 +43,7 @@ ADMIN_PASSWORD = "admin"  # noqa: S105 -- the demo's documented login
 # username, first name, last name, role; the names are those the demo chat uses.
 DEMO_TEAM = [
     ("alice", "Alice", "Kim", ProjectMembership.Role.LEAD),
-    ("bob", "Bob", "Martin", ProjectMembership.Role.MEMBER),
+    ("bob", "Bob", "Martin", ProjectMembership.Role.REVIEWER),
     ("carol", "Carol", "Diaz", ProjectMembership.Role.MEMBER),
     ("dave", "Dave", "Okafor", ProjectMembership.Role.MEMBER),
     ("erin", "Erin", "Walsh", ProjectMembership.Role.MEMBER),
