@@ -71,14 +71,21 @@ class QueueFilterForm(forms.Form):
     band = forms.ChoiceField(
         choices=[("", "All confidence bands"), *TaskProposal.Band.choices], required=False, label="Confidence"
     )
+    # The run page links here with its id; the queue keeps it until cleared.
+    run = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1, widget=forms.HiddenInput)
 
     def __init__(self, *args: Any, projects: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["project"].queryset = projects
 
     def values(self) -> dict[str, Any]:
-        """`project_id` and `band` for `review_queue`; a field with a bad value is left out."""
+        """`project_id`, `band` and `run_id` for `review_queue`; a field with a bad value is
+        left out."""
         self.is_valid()
         data = self.cleaned_data
         project = data.get("project")
-        return {"project_id": project.pk if project else None, "band": data.get("band") or None}
+        return {
+            "project_id": project.pk if project else None,
+            "band": data.get("band") or None,
+            "run_id": data.get("run") or None,
+        }

@@ -55,12 +55,15 @@ def filter_band(queryset: QuerySet[TaskProposal], band: str | None) -> QuerySet[
 
 
 def review_queue(
-    user: Any, *, project_id: int | None = None, band: str | None = None
+    user: Any, *, project_id: int | None = None, band: str | None = None, run_id: int | None = None
 ) -> QuerySet[TaskProposal]:
-    """The pending proposals a user may review, most confident first, then oldest."""
+    """The pending proposals a user may review (of one project, band or run when given),
+    most confident first, then oldest."""
     queryset = proposals_reviewable_by(user).filter(status=TaskProposal.Status.PENDING)
     if project_id:
         queryset = queryset.filter(project_id=project_id)
+    if run_id:
+        queryset = queryset.filter(run_id=run_id)
     return filter_band(queryset, band).order_by("-confidence", "created_at", "pk")
 
 

@@ -51,12 +51,12 @@ LAST_REVIEWED = "proposals.last_reviewed"
 class QueueFilters:
     project_id: int | None = None
     band: str | None = None
+    run_id: int | None = None
 
     @property
     def query(self) -> str:
-        return urlencode(
-            [(key, value) for key, value in (("project", self.project_id), ("band", self.band)) if value]
-        )
+        pairs = (("project", self.project_id), ("band", self.band), ("run", self.run_id))
+        return urlencode([(key, value) for key, value in pairs if value])
 
     def url(self, name: str, *args: Any) -> str:
         """A review page's URL that keeps the queue's filters."""
@@ -64,7 +64,7 @@ class QueueFilters:
         return f"{url}?{self.query}" if self.query else url
 
     def queue(self, user: Any) -> QuerySet[TaskProposal]:
-        return review_queue(user, project_id=self.project_id, band=self.band)
+        return review_queue(user, project_id=self.project_id, band=self.band, run_id=self.run_id)
 
 
 def _filters(request: HttpRequest) -> tuple[QueueFilterForm, QueueFilters]:

@@ -19,6 +19,7 @@ from proposals.models import TaskProposal
 from proposals.services import approve_proposal, reject_proposal
 from tasktracker.asgi import application
 from tests.factories import (
+    AnalysisRunFactory,
     ChatFactory,
     MessageFactory,
     ProjectFactory,
@@ -512,3 +513,23 @@ async def test_someone_who_reviews_nothing_cannot_open_the_live_queue(close_thre
     _, connected, code = await open_queue(await sync_to_async(session_of)(member))
     assert not connected
     assert code == 4403
+
+
+def test_the_run_page_links_to_a_queue_of_that_runs_proposals_only() -> None:
+    lead = UserFactory()
+    project = ProjectFactory()
+    ProjectMembershipFactory(project=project, user=lead, role="lead")
+    run, other = AnalysisRunFactory(projects=[project]), AnalysisRunFactory(projects=[project])
+    TaskProposalFactory(run=run, project=project, title="From this run")
+    TaskProposalFactory(run=other, project=project, title="From another run", confidence=0.99)
+    client = Client()
+    client.force_login(lead)
+
+    run_page = client.get(f"/runs/{run.pk}/").content.decode()
+    queue = client.get(f"/review/?run={run.pk}").content.decode()
+
+    assert f'href="/review/?run={run.pk}"' in run_page
+    assert "From this run" in queue
+    assert "From another run" not in queue
+    assert f"Run #{run.pk}" in queue
+    assert "From another run" in client.get("/review/").content.decode()
