@@ -1,6 +1,7 @@
 from typing import Any
 
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 from django.db.models import Count, Prefetch, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
@@ -9,9 +10,11 @@ from django.utils.html import format_html
 
 from projects import access
 from projects.models import Project, ProjectConfig, ProjectMembership, Task, WebhookDelivery, WebhookEndpoint
+from projects.services import check_task_change, update_task
 from projects.webhooks import redeliver
 from sources import admin as sources_admin
 from sources.models import Chat, Message, MessageEdit
+from tasktracker.exceptions import DomainError
 
 # Every admin here shows the rows `projects.access` lets the user see (all of them for
 # staff, who alone reach the admin; the rule is asked all the same, so that it holds for
@@ -205,10 +208,56 @@ class TaskAdmin(admin.ModelAdmin):
         allowed = obj is None or access.can(request.user, obj.project_id, access.Action.CHANGE_TASKS)
         return allowed and super().has_change_permission(request, obj)
 
+    def get_form(self, request: HttpRequest, obj: Task | None = None, **kwargs: Any) -> type[ModelForm]:
+        form = super().get_form(request, obj, **kwargs)
+        return type("TaskAdminForm", (TaskChangeCheck, form), {"request": request})
+
     def save_model(self, request: HttpRequest, obj: Task, form: ModelForm, change: bool) -> None:
+        """A new task is saved as it is; a change of its status or assignee goes through
+        `update_task` (the transition and team checks, the `task.status_changed` webhook),
+        its other fields are written beside it."""
         if not change:
             obj.created_by = request.user
-        super().save_model(request, obj, form, change)
+            super().save_model(request, obj, form, change)
+            return
+        moved = {
+            name: form.cleaned_data[name] for name in ("status", "assignee") if name in form.changed_data
+        }
+        others = [name for name in form.changed_data if name not in moved]
+        if others:
+            obj.save(update_fields=[*others, "updated_at"])
+        if moved:
+            update_task(task=obj, user=request.user, **moved)
+            obj.refresh_from_db()
+
+
+# What a task's team changes through `update_task`, in the admin too.
+TASK_MOVES = ("status", "assignee")
+
+
+class TaskChangeCheck(ModelForm):
+    """The admin's task form refuses, as a form error, a move or an assignee that
+    `update_task` would refuse: the rule is `check_task_change`'s, asked here."""
+
+    request: HttpRequest
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        task = self.instance
+        if task.pk is None:
+            return cleaned
+        moved = {
+            name: cleaned[name]
+            for name in ("status", "assignee")
+            if name in self.changed_data and name in cleaned
+        }
+        if moved:
+            stored = Task.objects.select_related("project").get(pk=task.pk)
+            try:
+                check_task_change(task=stored, user=self.request.user, **moved)
+            except DomainError as exc:
+                raise ValidationError(exc.message) from exc
+        return cleaned
 
 
 @admin.register(WebhookEndpoint)

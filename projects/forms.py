@@ -326,3 +326,31 @@ class NewProjectForm(forms.Form):
     def add_domain_error(self, exc: DomainError) -> None:
         field = error_field(exc)
         self.add_error(field if field in self.fields else None, exc.message)
+
+
+class TaskFilterForm(forms.Form):
+    """The task list's filters, read from the query string; a bad value filters nothing."""
+
+    status = forms.ChoiceField(choices=[("", "All statuses"), *Task.Status.choices], required=False)
+    assignee = forms.ModelChoiceField(queryset=None, required=False, empty_label="Anyone")
+
+    def __init__(self, *args: Any, team: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["assignee"].queryset = team
+
+    def values(self) -> dict[str, Any]:
+        self.is_valid()
+        data = self.cleaned_data
+        assignee = data.get("assignee")
+        return {"status": data.get("status") or None, "assignee_id": assignee.pk if assignee else None}
+
+
+class TaskUpdateForm(forms.Form):
+    """A task's status and assignee, as its row on the task list changes them."""
+
+    status = forms.ChoiceField(choices=Task.Status.choices)
+    assignee = forms.ModelChoiceField(queryset=None, required=False, empty_label="Nobody")
+
+    def __init__(self, *args: Any, team: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["assignee"].queryset = team

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple, TypedDict
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.db.models import Case, Count, OuterRef, Prefetch, Q, QuerySet, Subquery, When
 
 from projects import access
 from projects.models import Project, ProjectConfig, ProjectMembership, Task
@@ -324,6 +324,21 @@ def open_tasks(project: Project) -> QuerySet[Task]:
         .select_related("assignee")
         .order_by("-created_at")
     )
+
+
+def tasks_of_project(
+    project: Project, *, status: str | None = None, assignee_id: int | None = None
+) -> QuerySet[Task]:
+    """A project's tasks for its task list (of one status or assignee when given), open
+    ones first, then newest, with their assignee and source proposal: a constant number of
+    queries."""
+    tasks = Task.objects.filter(project=project).select_related("assignee")
+    if status:
+        tasks = tasks.filter(status=status)
+    if assignee_id:
+        tasks = tasks.filter(assignee_id=assignee_id)
+    open_first = Case(When(status__in=OPEN_TASK_STATUSES, then=0), default=1)
+    return tasks.order_by(open_first, "-created_at", "-pk")
 
 
 def tasks_visible_to(user: User) -> QuerySet[Task]:

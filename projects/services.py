@@ -480,19 +480,13 @@ class _Unset:
 UNSET = _Unset()
 
 
-@transaction.atomic
-def update_task(
-    *,
-    task: Task,
-    user: AbstractBaseUser,
-    status: str | None = None,
-    assignee: AbstractBaseUser | _Unset | None = UNSET,
-) -> Task:
-    """Move a task to another status (only along `TASK_TRANSITIONS`; a done or cancelled
-    task is reopened first) and/or assign it to someone on its project's team, or to
-    nobody with `assignee=None`. Only the project's team and staff may
-    (`access.Action.CHANGE_TASKS`). Locks the task row."""
-    task = Task.objects.select_for_update().select_related("project").get(pk=task.pk)
+def check_task_change(
+    *, task: Task, user: AbstractBaseUser, status: str | None = None, assignee: Any = UNSET
+) -> list[str]:
+    """The fields a change of `task` would write, after checking it: who may (the project's
+    team and staff, `access.Action.CHANGE_TASKS`), the move along `TASK_TRANSITIONS`, the
+    assignee on the team. Raises `DomainError` with the reason; writes nothing. `update_task`
+    applies it; the admin's task form checks its changes with it."""
     if not access.can(user, task.project_id, access.Action.CHANGE_TASKS):
         raise DomainError("Only the project's team can change its tasks.", code="forbidden", status=403)
     fields = []
@@ -505,16 +499,35 @@ def update_task(
                 code="illegal_transition",
                 status=409,
             )
-        logger.info("%s moved task %s from %s to %s", user, task.pk, task.status, status)
-        task.status = status
         fields.append("status")
     if not isinstance(assignee, _Unset):
         assignee_id = assignee.pk if assignee is not None else None
         if assignee_id is not None and not task.project.memberships.filter(user_id=assignee_id).exists():
             raise DomainError(f"{assignee} is not on the team of {task.project}.", code="invalid_assignee")
         if assignee_id != task.assignee_id:
-            task.assignee_id = assignee_id
             fields.append("assignee")
+    return fields
+
+
+@transaction.atomic
+def update_task(
+    *,
+    task: Task,
+    user: AbstractBaseUser,
+    status: str | None = None,
+    assignee: AbstractBaseUser | _Unset | None = UNSET,
+) -> Task:
+    """Move a task to another status (only along `TASK_TRANSITIONS`; a done or cancelled
+    task is reopened first) and/or assign it to someone on its project's team, or to
+    nobody with `assignee=None` (`check_task_change`). Locks the task row; a status change
+    sends the `task.status_changed` webhook."""
+    task = Task.objects.select_for_update().select_related("project").get(pk=task.pk)
+    fields = check_task_change(task=task, user=user, status=status, assignee=assignee)
+    if "status" in fields:
+        logger.info("%s moved task %s from %s to %s", user, task.pk, task.status, status)
+        task.status = status
+    if "assignee" in fields:
+        task.assignee_id = assignee.pk if assignee is not None else None
     if fields:
         task.save(update_fields=[*fields, "updated_at"])
     if "status" in fields:

@@ -11,4 +11,6 @@ urlpatterns = [
     path("projects/<slug:slug>/edit/", views.project_edit, name="project-edit"),
     path("projects/<slug:slug>/history/", views.project_history, name="project-history"),
     path("projects/<slug:slug>/rollback/", views.project_rollback, name="project-rollback"),
+    path("projects/<slug:slug>/tasks/", views.project_tasks, name="project-tasks"),
+    path("tasks/<int:task_id>/", views.task_update, name="task-update"),
 ]

@@ -4,6 +4,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import messages
+from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -13,8 +14,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from projects import access
-from projects.forms import ConfigEditor, NewProjectForm
-from projects.models import Project
+from projects.forms import ConfigEditor, NewProjectForm, TaskFilterForm, TaskUpdateForm
+from projects.models import Project, Task
 from projects.selectors import (
     compare_configs,
     config_history,
@@ -23,10 +24,12 @@ from projects.selectors import (
     project_detail,
     projects_visible_to,
     recent_runs,
+    tasks_of_project,
+    tasks_visible_to,
     team_drifted,
     versions_for_diff,
 )
-from projects.services import bump_config, create_project, rollback_config
+from projects.services import TASK_TRANSITIONS, bump_config, create_project, rollback_config, update_task
 from tasktracker.exceptions import DomainError
 
 OPEN_TASKS_SHOWN = 50
@@ -183,3 +186,64 @@ def project_rollback(request: HttpRequest, slug: str) -> HttpResponse:
     messages.success(request, f"Rolled back to v{version}: saved as v{new.version}.")
     query = urlencode({"a": previous.version, "b": new.version}) if previous is not None else ""
     return redirect(f"{reverse('projects:project-history', args=[project.slug])}?{query}")
+
+
+def _team(project: Project) -> Any:
+    return get_user_model().objects.filter(project_memberships__project=project).order_by("username")
+
+
+@login_required
+def project_tasks(request: HttpRequest, slug: str) -> HttpResponse:
+    """A project's tasks, filtered by status and assignee; its team moves them and assigns
+    them on the page (`task_update`)."""
+    project = _project(request, slug)
+    team = _team(project)
+    filter_form = TaskFilterForm(request.GET, team=team)
+    tasks = list(tasks_of_project(project, **filter_form.values()))
+    may_change = access.can(request.user, project, access.Action.CHANGE_TASKS)
+    rows = [
+        (
+            task,
+            TaskUpdateForm(
+                initial={"status": task.status, "assignee": task.assignee_id}, team=team, prefix=f"t{task.pk}"
+            ),
+            sorted({task.status, *TASK_TRANSITIONS[task.status]}, key=list(Task.Status.values).index),
+        )
+        for task in tasks
+    ]
+    context = {
+        "project": project,
+        "rows": rows,
+        "filter_form": filter_form,
+        "may_change": may_change,
+        "query": request.GET.urlencode(),
+        "status_labels": dict(Task.Status.choices),
+    }
+    return render(request, "projects/task_list.html", context)
+
+
+@login_required
+@require_POST
+def task_update(request: HttpRequest, task_id: int) -> HttpResponse:
+    """Move a task and/or assign it, through `update_task`; back to the list it came from."""
+    task = get_object_or_404(tasks_visible_to(request.user), pk=task_id)
+    form = TaskUpdateForm(request.POST, team=_team(task.project), prefix=f"t{task.pk}")
+    if not form.is_valid():
+        messages.error(request, f"Task “{task.title}” was not changed: {form.errors.as_text()}")
+    else:
+        try:
+            task = update_task(
+                task=task,
+                user=request.user,
+                status=form.cleaned_data["status"],
+                assignee=form.cleaned_data["assignee"],
+            )
+        except DomainError as exc:
+            if exc.status == 403:
+                raise PermissionDenied(exc.message) from exc
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"Task “{task.title}” is {task.get_status_display().lower()}.")
+    url = reverse("projects:project-tasks", args=[task.project.slug])
+    query = request.GET.urlencode()
+    return redirect(f"{url}{'?' + query if query else ''}#task-{task.pk}")

@@ -18,6 +18,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
 
 from projects import access
@@ -143,7 +145,7 @@ def _page(
     return render(request, "proposals/review.html", context, status=status)
 
 
-def _reviewed(request: HttpRequest, proposal: TaskProposal, message: str) -> HttpResponse:
+def _reviewed(request: HttpRequest, proposal: TaskProposal, message: str | SafeString) -> HttpResponse:
     """Report a review and go on to the proposal after it in the queue (or the queue's top)."""
     messages.success(request, message)
     request.session[LAST_REVIEWED] = {"id": proposal.pk, "title": proposal.title}
@@ -202,9 +204,12 @@ def approve(request: HttpRequest, proposal_id: int) -> HttpResponse:
         task = approve_proposal(proposal_id=proposal.pk, user=request.user)
     except DomainError as exc:
         return _refused(request, proposal, exc)
-    return _reviewed(
-        request, proposal, f"Approved proposal {proposal.pk}: task #{task.pk} “{task.title}” created."
-    )
+    tasks_url = reverse("projects:project-tasks", args=[proposal.project.slug])
+    created = format_html(
+        'Approved proposal {}: task <a href="{}#task-{}">#{} “{}”</a> created.',
+        proposal.pk, tasks_url, task.pk, task.pk, task.title,
+    )  # fmt: skip
+    return _reviewed(request, proposal, created)
 
 
 @login_required

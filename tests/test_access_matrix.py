@@ -540,6 +540,11 @@ PAGES: dict[tuple[str, str], PageRule] = {
     ("projects:project-edit", "GET"): PageRule(row="project", may=LEADS),
     ("projects:project-edit", "POST"): PageRule(row="project", data=_edit_project, may=LEADS, ok=302),
     ("projects:project-history", "GET"): PageRule(row="project"),
+    ("projects:project-tasks", "GET"): PageRule(row="project"),
+    # Anyone on the project moves its tasks (a member too); the list it returns to is theirs.
+    ("projects:task-update", "POST"): PageRule(
+        row="task", data=lambda c, p, r: {f"t{p.task.pk}-status": "in_progress"}, ok=302
+    ),
     ("projects:project-rollback", "POST"): PageRule(
         row="project", data=lambda c, p, r: {"version": "1.0.0"}, may=LEADS, ok=302
     ),

@@ -18,6 +18,7 @@ from tests.factories import (
     BatchFactory,
     ChatFactory,
     MessageFactory,
+    TaskFactory,
     TaskProposalFactory,
     UserFactory,
 )
@@ -52,6 +53,7 @@ def pages(lead_username: str) -> dict[str, Any]:
     run.projects.add(project)
     BatchFactory(run=run, index=0, status="done", message_ids=[message.pk])
     BatchFactory(run=run, index=1, status="failed", error="The provider kept answering 500.")
+    TaskFactory(project=project, title="Update the release checklist", assignee=lead)
     return {
         "run list": "/runs/",
         "run": f"/runs/{run.pk}/",
@@ -60,6 +62,7 @@ def pages(lead_username: str) -> dict[str, Any]:
         "projects": "/projects/",
         "project": f"/projects/{project.slug}/",
         "project edit": f"/projects/{project.slug}/edit/",
+        "tasks": f"/projects/{project.slug}/tasks/",
     }
 
 

@@ -180,9 +180,10 @@ def test_approving_creates_the_task_and_goes_on_to_the_next_proposal(client_of, 
     task = Task.objects.get()
     assert response.status_code == 302
     assert response["Location"] == url("proposal", second)
-    assert f"Approved proposal {first.pk}: task #{task.pk} “Fix the login crash” created." in messages_of(
-        page
-    )
+    tasks_url = f"/projects/{task.project.slug}/tasks/#task-{task.pk}"
+    link = f'<a href="{tasks_url}">#{task.pk} “Fix the login crash”</a>'
+    assert f"Approved proposal {first.pk}: task {link} created." in messages_of(page)
+    assert f'<a href="{tasks_url}">' in page.content.decode()  # a link, not escaped text
     assert shown_title(page) == "Update the docs"
     assert page.context["remaining"] == 1
     assert f"Last reviewed: proposal {first.pk} “Fix the login crash”." in page.content.decode()
