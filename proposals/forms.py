@@ -9,6 +9,10 @@ from django.contrib.auth import get_user_model
 from projects.models import Project
 from proposals.models import TaskProposal
 from proposals.services import EDITABLE_FIELDS
+from sources.models import Message
+
+# The queue's status filter for proposals of every status.
+ALL_STATUSES = "all"
 
 
 class TagsField(forms.CharField):
@@ -38,6 +42,8 @@ class ProposalEditForm(forms.ModelForm):
         fields = list(EDITABLE_FIELDS)
         labels = {"suggested_assignee": "Assignee"}
         widgets = {
+            # The reviewer came to change it, most often its title.
+            "title": forms.TextInput(attrs={"autofocus": True}),
             "description": forms.Textarea(attrs={"rows": 6}),
             "due_date": forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
         }
@@ -71,6 +77,15 @@ class QueueFilterForm(forms.Form):
     band = forms.ChoiceField(
         choices=[("", "All confidence bands"), *TaskProposal.Band.choices], required=False, label="Confidence"
     )
+    status = forms.ChoiceField(
+        choices=[*TaskProposal.Status.choices, (ALL_STATUSES, "Any status")], required=False
+    )
+    q = forms.CharField(
+        required=False,
+        max_length=200,
+        label="Search",
+        widget=forms.TextInput(attrs={"type": "search", "placeholder": "Search titles"}),
+    )
     # The run page links here with its id; the queue keeps it until cleared.
     run = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1, widget=forms.HiddenInput)
 
@@ -79,8 +94,8 @@ class QueueFilterForm(forms.Form):
         self.fields["project"].queryset = projects
 
     def values(self) -> dict[str, Any]:
-        """`project_id`, `band` and `run_id` for `review_queue`; a field with a bad value is
-        left out."""
+        """`project_id`, `band`, `run_id`, `status` (a status or `ALL_STATUSES`) and `text`
+        for the queue; a field with a bad value is left out (status: pending)."""
         self.is_valid()
         data = self.cleaned_data
         project = data.get("project")
@@ -88,4 +103,48 @@ class QueueFilterForm(forms.Form):
             "project_id": project.pk if project else None,
             "band": data.get("band") or None,
             "run_id": data.get("run") or None,
+            "status": data.get("status") or TaskProposal.Status.PENDING,
+            "text": (data.get("q") or "").strip(),
         }
+
+
+class SplitPartForm(forms.Form):
+    """One part of a split: a title, an optional description and some of the proposal's
+    source messages (all of them unless the reviewer unticks some)."""
+
+    title = forms.CharField(max_length=300)
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    sources = forms.ModelMultipleChoiceField(
+        queryset=Message.objects.none(), widget=forms.CheckboxSelectMultiple, label="Source messages"
+    )
+
+    def __init__(self, *args: Any, messages: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["sources"].queryset = messages
+        self.fields["sources"].label_from_instance = lambda m: f"{m.author_name or 'unknown'}: {m.text[:120]}"
+        if not self.is_bound:
+            self.initial.setdefault("sources", [m.pk for m in messages])
+
+    def part(self) -> dict[str, Any]:
+        """The part as `split_proposal` takes it."""
+        data = self.cleaned_data
+        return {
+            "title": data["title"],
+            "description": data["description"],
+            "source_message_ids": [m.pk for m in data["sources"]],
+        }
+
+
+SplitFormSet = forms.formset_factory(
+    SplitPartForm, extra=0, min_num=2, validate_min=True, max_num=6, validate_max=True
+)
+
+
+class DuplicateForm(forms.Form):
+    """What a proposal duplicates: `proposal-<id>` or `task-<id>`."""
+
+    of = forms.RegexField(regex=r"^(proposal|task)-[1-9][0-9]{0,18}$")
+
+    def target(self) -> tuple[str, int]:
+        kind, _, pk = self.cleaned_data["of"].partition("-")
+        return kind, int(pk)

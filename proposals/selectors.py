@@ -5,10 +5,11 @@ proposals, its reviewers and leads review them."""
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Prefetch, Q, QuerySet, prefetch_related_objects
+from django.db.models import Count, Prefetch, Q, QuerySet, prefetch_related_objects
 
+from agents.models import TaskConfig
 from projects import access
-from projects.models import Project, ProjectMembership
+from projects.models import Project, ProjectMembership, Task
 from proposals.models import HIGH_CONFIDENCE, MEDIUM_CONFIDENCE, ReviewEvent, TaskProposal
 from sources.models import Chat, Message
 
@@ -55,16 +56,90 @@ def filter_band(queryset: QuerySet[TaskProposal], band: str | None) -> QuerySet[
 
 
 def review_queue(
-    user: Any, *, project_id: int | None = None, band: str | None = None, run_id: int | None = None
+    user: Any,
+    *,
+    project_id: int | None = None,
+    band: str | None = None,
+    run_id: int | None = None,
+    status: str | None = TaskProposal.Status.PENDING,
+    text: str = "",
 ) -> QuerySet[TaskProposal]:
-    """The pending proposals a user may review (of one project, band or run when given),
-    most confident first, then oldest."""
-    queryset = proposals_reviewable_by(user).filter(status=TaskProposal.Status.PENDING)
+    """The proposals a user may review, pending ones unless `status` says otherwise (None:
+    every status), of one project, band or run when given, with every word of `text` in
+    their title or description; most confident first, then oldest."""
+    queryset = proposals_reviewable_by(user)
+    if status:
+        queryset = queryset.filter(status=status)
     if project_id:
         queryset = queryset.filter(project_id=project_id)
     if run_id:
         queryset = queryset.filter(run_id=run_id)
+    for word in text.split():
+        queryset = queryset.filter(Q(title__icontains=word) | Q(description__icontains=word))
     return filter_band(queryset, band).order_by("-confidence", "created_at", "pk")
+
+
+@dataclass(frozen=True)
+class QueueProgress:
+    reviewed: int
+    total: int
+
+    @property
+    def percent(self) -> int:
+        return round(100 * self.reviewed / self.total) if self.total else 100
+
+
+def queue_progress(queue: QuerySet[TaskProposal]) -> QueueProgress:
+    """How many of a queue's proposals (whatever their status) are reviewed: one query."""
+    counts = (
+        queue.prefetch_related(None)
+        .order_by()
+        .aggregate(total=Count("pk"), pending=Count("pk", filter=Q(status=TaskProposal.Status.PENDING)))
+    )
+    return QueueProgress(reviewed=counts["total"] - counts["pending"], total=counts["total"])
+
+
+def triage_list(queue: QuerySet[TaskProposal], *, limit: int) -> list[TaskProposal]:
+    """The first `limit` proposals of a queue as the list beside the shown one, each with
+    its first source message (`first_source`): two queries."""
+    first_sources = Prefetch(
+        "source_messages",
+        queryset=Message.objects.only("pk", "text", "sent_at").order_by("sent_at", "pk"),
+        to_attr="ordered_sources",
+    )
+    rows = list(queue.select_related(None).prefetch_related(None).prefetch_related(first_sources)[:limit])
+    for row in rows:
+        row.first_source = row.ordered_sources[0] if row.ordered_sources else None
+    return rows
+
+
+def guidelines_of(proposal: TaskProposal | None) -> Any:
+    """The task config that the proposal's run extracted with: its instructions are the
+    reviewer's guidelines. One query; None for a proposal made by hand."""
+    if proposal is None or proposal.run_id is None:
+        return None
+    return TaskConfig.objects.filter(assignments__runs=proposal.run_id).only("name", "instructions").first()
+
+
+def duplicate_candidates(
+    proposal: TaskProposal, text: str, *, limit: int = 8
+) -> tuple[list[TaskProposal], list[Task]]:
+    """Live proposals (pending or approved) and tasks of the proposal's project that it may
+    duplicate: those with every word of `text` in their title or, with no text, the ones the
+    duplicate check linked it to."""
+    proposals = TaskProposal.objects.filter(
+        project_id=proposal.project_id,
+        status__in=[TaskProposal.Status.PENDING, TaskProposal.Status.APPROVED],
+    ).exclude(pk=proposal.pk)
+    tasks = Task.objects.filter(project_id=proposal.project_id)
+    words = text.split()
+    if not words:
+        proposals = proposals.filter(pk=proposal.similar_proposal_id or 0)
+        tasks = tasks.filter(pk=proposal.similar_task_id or 0)
+    for word in words:
+        proposals = proposals.filter(title__icontains=word)
+        tasks = tasks.filter(title__icontains=word)
+    return list(proposals.order_by("-created_at")[:limit]), list(tasks.order_by("-created_at")[:limit])
 
 
 def message_context(message: Message, *, around: int = 3) -> list[Message]:

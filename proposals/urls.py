@@ -12,4 +12,6 @@ urlpatterns = [
     path("review/<int:proposal_id>/edit/", views.edit, name="edit"),
     path("review/<int:proposal_id>/merge/", views.merge, name="merge"),
     path("review/<int:proposal_id>/undo/", views.undo, name="undo"),
+    path("review/<int:proposal_id>/split/", views.split, name="split"),
+    path("review/<int:proposal_id>/duplicate/", views.duplicate, name="duplicate"),
 ]

@@ -23,24 +23,38 @@ from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
 
 from projects import access
-from proposals.forms import ProposalEditForm, QueueFilterForm, RejectForm
+from proposals.forms import (
+    ALL_STATUSES,
+    DuplicateForm,
+    ProposalEditForm,
+    QueueFilterForm,
+    RejectForm,
+    SplitFormSet,
+)
 from proposals.models import TaskProposal
 from proposals.selectors import (
+    duplicate_candidates,
+    guidelines_of,
     may_review_any,
     projects_reviewable_by,
     proposal_list,
     proposals_reviewable_by,
     proposals_visible_to,
     queue_neighbours,
+    queue_progress,
     review_queue,
     source_context,
+    triage_list,
     who_reviews_for,
 )
 from proposals.services import (
     approve_proposal,
     edit_proposal,
+    mark_duplicate,
+    mark_duplicate_of_task,
     merge_with_similar,
     reject_proposal,
+    split_proposal,
     undo_last_action,
 )
 from tasktracker.exceptions import DomainError
@@ -54,19 +68,45 @@ class QueueFilters:
     project_id: int | None = None
     band: str | None = None
     run_id: int | None = None
+    status: str = TaskProposal.Status.PENDING
+    text: str = ""
+
+    @property
+    def query_pairs(self) -> list[tuple[str, Any]]:
+        """The filters that differ from the default, as query-string pairs."""
+        status = self.status if self.status != TaskProposal.Status.PENDING else None
+        pairs = (
+            ("project", self.project_id),
+            ("band", self.band),
+            ("run", self.run_id),
+            ("status", status),
+            ("q", self.text),
+        )
+        return [(key, value) for key, value in pairs if value]
 
     @property
     def query(self) -> str:
-        pairs = (("project", self.project_id), ("band", self.band), ("run", self.run_id))
-        return urlencode([(key, value) for key, value in pairs if value])
+        return urlencode(self.query_pairs)
 
     def url(self, name: str, *args: Any) -> str:
         """A review page's URL that keeps the queue's filters."""
         url = reverse(f"proposals:{name}", args=args)
         return f"{url}?{self.query}" if self.query else url
 
-    def queue(self, user: Any) -> QuerySet[TaskProposal]:
-        return review_queue(user, project_id=self.project_id, band=self.band, run_id=self.run_id)
+    def queue(self, user: Any, *, status: str | None = None) -> QuerySet[TaskProposal]:
+        """The filtered proposals: of the filter's status, or of `status` when given."""
+        status = status or self.status
+        return review_queue(
+            user,
+            project_id=self.project_id,
+            band=self.band,
+            run_id=self.run_id,
+            status=None if status == ALL_STATUSES else status,
+            text=self.text,
+        )
+
+    def pending(self, user: Any) -> QuerySet[TaskProposal]:
+        return self.queue(user, status=TaskProposal.Status.PENDING)
 
 
 def _filters(request: HttpRequest) -> tuple[QueueFilterForm, QueueFilters]:
@@ -116,6 +156,10 @@ def _reviewable(
     return proposal
 
 
+# The list beside the shown proposal holds this many of the queue's first proposals.
+TRIAGE_LIST_SIZE = 50
+
+
 def _page(
     request: HttpRequest,
     proposal: TaskProposal | None,
@@ -129,10 +173,15 @@ def _page(
     previous_id = next_id = None
     if proposal is not None:
         previous_id, next_id = queue_neighbours(queue, proposal)
+    listed = triage_list(queue, limit=TRIAGE_LIST_SIZE)
     context = {
         "proposal": proposal,
         "excerpts": source_context(proposal) if proposal is not None else [],
-        "remaining": queue.count(),
+        "guidelines": guidelines_of(proposal),
+        "remaining": filters.pending(request.user).count(),
+        "progress": queue_progress(filters.queue(request.user, status=ALL_STATUSES)),
+        "listed": listed,
+        "listed_more": len(listed) == TRIAGE_LIST_SIZE,
         "previous_url": filters.url("proposal", previous_id) if previous_id else "",
         "next_url": filters.url("proposal", next_id) if next_id else "",
         "queue_url": filters.url("queue"),
@@ -181,7 +230,7 @@ def queue_state(request: HttpRequest) -> JsonResponse:
     and the status of the proposal it shows (`?current=<id>`)."""
     _reviewer(request)
     _, filters = _filters(request)
-    state: dict[str, Any] = {"remaining": filters.queue(request.user).count(), "current": None}
+    state: dict[str, Any] = {"remaining": filters.pending(request.user).count(), "current": None}
     current = request.GET.get("current", "")
     if current.isdigit():
         status = (
@@ -294,3 +343,86 @@ def undo(request: HttpRequest, proposal_id: int) -> HttpResponse:
     messages.success(request, f"Undid the last review of proposal {proposal.pk}: it is {status} again.")
     _, filters = _filters(request)
     return redirect(filters.url("proposal", proposal.pk))
+
+
+def _with_another_part(data: Any, formset: Any) -> list[dict[str, Any]]:
+    """The parts typed so far, and an empty one: the split page's "Add a part"."""
+    parts = [
+        {
+            "title": data.get(f"part-{number}-title", ""),
+            "description": data.get(f"part-{number}-description", ""),
+            "sources": data.getlist(f"part-{number}-sources"),
+        }
+        for number in range(min(formset.total_form_count(), formset.max_num - 1))
+    ]
+    return [*parts, {}]
+
+
+@login_required
+@review_page
+def split(request: HttpRequest, proposal_id: int) -> HttpResponse:
+    """Split the proposal into parts (two at first; "Add a part" adds one), each with a
+    title and some of its source messages."""
+    proposal = _reviewable(request, proposal_id, proposal_list())
+    sources = proposal.source_messages.all()
+    formset = SplitFormSet(request.POST or None, form_kwargs={"messages": sources}, prefix="part")
+    status = 200
+    if request.method == "POST" and "add" in request.POST:
+        initial = _with_another_part(request.POST, formset)
+        formset = SplitFormSet(initial=initial, form_kwargs={"messages": sources}, prefix="part")
+    elif request.method == "POST":
+        status = 400
+        if formset.is_valid():
+            try:
+                parts = split_proposal(
+                    proposal_id=proposal.pk, user=request.user, parts=[form.part() for form in formset]
+                )
+            except DomainError as exc:
+                formset.non_form_errors().append(exc.message)
+            else:
+                numbers = ", ".join(str(part.pk) for part in parts)
+                return _reviewed(request, proposal, f"Split proposal {proposal.pk} into proposals {numbers}.")
+    _, filters = _filters(request)
+    context = {
+        "proposal": proposal,
+        "formset": formset,
+        "back_url": filters.url("proposal", proposal.pk),
+    }
+    return render(request, "proposals/split.html", context, status=status)
+
+
+@login_required
+@review_page
+def duplicate(request: HttpRequest, proposal_id: int) -> HttpResponse:
+    """Mark the proposal as a duplicate of a live proposal or a task of its project, found
+    by searching their titles (`?find=`; `q` is the queue's own search, kept for the way
+    back); with no search, the ones it was linked to."""
+    proposal = _reviewable(request, proposal_id, proposal_list())
+    text = request.GET.get("find", "").strip()[:200]
+    form = DuplicateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        kind, target_id = form.target()
+        try:
+            if kind == "task":
+                mark_duplicate_of_task(proposal_id=proposal.pk, task_id=target_id, user=request.user)
+                original = f"task #{target_id}"
+            else:
+                mark_duplicate(proposal_id=proposal.pk, of_id=target_id, user=request.user)
+                original = f"proposal {target_id}"
+        except DomainError as exc:
+            form.add_error(None, exc.message)
+        else:
+            message = f"Marked proposal {proposal.pk} as a duplicate of {original}."
+            return _reviewed(request, proposal, message)
+    proposals, tasks = duplicate_candidates(proposal, text)
+    _, filters = _filters(request)
+    context = {
+        "proposal": proposal,
+        "form": form,
+        "text": text,
+        "candidate_proposals": proposals,
+        "candidate_tasks": tasks,
+        "filters": filters,
+        "back_url": filters.url("proposal", proposal.pk),
+    }
+    return render(request, "proposals/duplicate.html", context, status=400 if form.errors else 200)

@@ -495,6 +495,16 @@ def _edit_proposal(client: Client, project: Any, rows: Any) -> dict[str, Any]:
     return {"title": "Edited", "description": "", "priority": "medium", "category": "feature", "tags": ""}
 
 
+def _split_page(client: Client, project: Any, rows: Any) -> dict[str, Any]:
+    sources = list(project.proposal.source_messages.values_list("pk", flat=True))
+    return {
+        "part-TOTAL_FORMS": "2",
+        "part-INITIAL_FORMS": "0",
+        **{f"part-{n}-title": f"Part {n}" for n in range(2)},
+        **{f"part-{n}-sources": sources for n in range(2)},
+    }
+
+
 def _new_run(client: Client, project: Any, rows: Any) -> dict[str, Any]:
     return {
         "projects": [project.project.pk],
@@ -564,6 +574,12 @@ PAGES: dict[tuple[str, str], PageRule] = {
     ("proposals:edit", "POST"): PageRule(row="proposal", data=_edit_proposal, may=REVIEWS, ok=302),
     ("proposals:merge", "POST"): PageRule(row="proposal", data=lambda c, p, r: {}, may=REVIEWS, ok=302),
     ("proposals:undo", "POST"): PageRule(row="rejected", data=lambda c, p, r: {}, may=REVIEWS, ok=302),
+    ("proposals:split", "GET"): PageRule(row="proposal", may=REVIEWS),
+    ("proposals:split", "POST"): PageRule(row="proposal", data=_split_page, may=REVIEWS, ok=302),
+    ("proposals:duplicate", "GET"): PageRule(row="proposal", may=REVIEWS),
+    ("proposals:duplicate", "POST"): PageRule(
+        row="proposal", data=lambda c, p, r: {"of": f"task-{p.task.pk}"}, may=REVIEWS, ok=302
+    ),
 }
 
 # Pages that show no row of a project, each with why.

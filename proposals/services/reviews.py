@@ -248,6 +248,24 @@ def mark_duplicate(*, proposal_id: int, of_id: int, user: Any) -> TaskProposal:
 
 
 @transaction.atomic
+def mark_duplicate_of_task(*, proposal_id: int, task_id: int, user: Any) -> TaskProposal:
+    """Mark a pending proposal as a duplicate of a task of its project: closed as merged,
+    linked to the task (undo unlinks it)."""
+    proposal = _lock(proposal_id, user)
+    _require_pending(proposal, "marked as duplicates")
+    task = Task.objects.filter(pk=task_id, project_id=proposal.project_id).first()
+    if task is None:
+        raise DomainError(f"Task #{task_id} is not a task of {proposal.project}.", code="not_found")
+    before = _snapshot(proposal)
+    note = f"Duplicate of task #{task.pk}"
+    proposal.task = task
+    _reviewed(proposal, user, TaskProposal.Status.MERGED, ReviewEvent.Action.MARK_DUPLICATE, note)
+    proposal.save()
+    _record(proposal, user, ReviewEvent.Action.MARK_DUPLICATE, before, note=note, task=task)
+    return proposal
+
+
+@transaction.atomic
 def split_proposal(*, proposal_id: int, user: Any, parts: Sequence[dict[str, Any]]) -> list[TaskProposal]:
     """Split a pending proposal into several, each with a title and a share of its source
     messages (every source given to some part). The original is closed as merged into the first part."""

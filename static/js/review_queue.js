@@ -1,12 +1,54 @@
-// The review queue's keyboard shortcuts and live notices. The page works without this
-// file: approve, reject, edit and merge are plain forms and links; this only adds keys and
-// tells the reviewer about reviews made elsewhere. On a live event it reloads the queue's
-// snapshot over HTTP, so a lost event never leaves a wrong count. Without a WebSocket
-// server (or when it goes away) it retries quietly and the page works as before.
+// The review pages' keyboard shortcuts and the queue's live notices. The pages work
+// without this file: every review is a plain form or link; this only adds keys (`?` lists
+// them) and tells the reviewer about reviews made elsewhere. On a live event it reloads the
+// queue's snapshot over HTTP, so a lost event never leaves a wrong count. Without a
+// WebSocket server (or when it goes away) it retries quietly and the page works as before.
+(function () {
+  "use strict";
+
+  function typing(event) {
+    return event.target.closest("input, textarea, select, [contenteditable]");
+  }
+
+  // The edit page: Ctrl+Enter (or Cmd+Enter) saves and approves.
+  const saveAndApprove = document.getElementById("save-and-approve");
+  if (saveAndApprove) {
+    document.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+        event.preventDefault();
+        saveAndApprove.form.requestSubmit(saveAndApprove);
+      }
+    });
+  }
+
+  // The duplicate page: a candidate's number chooses it.
+  const candidates = document.getElementById("candidates");
+  if (candidates) {
+    document.addEventListener("keydown", (event) => {
+      if (event.ctrlKey || event.metaKey || event.altKey || typing(event)) return;
+      if (event.key === "/") {
+        event.preventDefault();
+        document.getElementById("duplicate-search").focus();
+        return;
+      }
+      const number = Number(event.key);
+      const buttons = candidates.querySelectorAll("button[name=of]");
+      if (number >= 1 && number <= buttons.length) {
+        event.preventDefault();
+        buttons[number - 1].form.requestSubmit(buttons[number - 1]);
+      }
+    });
+  }
+})();
+
 (function () {
   "use strict";
   const root = document.getElementById("review");
   if (!root) return;
+
+  function typing(event) {
+    return event.target.closest("input, textarea, select, [contenteditable]");
+  }
   const shownId = Number(root.dataset.proposalId) || null;
   const notices = document.getElementById("live-notices");
   const remaining = root.querySelector('[data-field="remaining"]');
@@ -39,23 +81,40 @@
     if (link) window.location.assign(link.href);
   }
 
+  function focus(selector) {
+    const field = document.querySelector(selector);
+    if (field) field.focus();
+  }
+
+  const help = document.getElementById("help");
+  const guidelines = document.getElementById("guidelines");
   const keys = {
     a: () => submit("approve-form"),
-    r: () => {
-      const reason = document.querySelector("#reject-form input[name=reason]");
-      if (reason) reason.focus();
-    },
+    r: () => focus("#reject-form input[name=reason]"),
     e: () => follow("edit-link"),
-    j: () => follow("next-link"),
-    k: () => follow("previous-link"),
+    s: () => follow("split-link"),
+    d: () => follow("duplicate-link"),
     m: () => submit("merge-form"),
+    u: () => submit(document.getElementById("undo-current-form") ? "undo-current-form" : "undo-form"),
+    j: () => follow("next-link"),
+    n: () => follow("next-link"),
+    k: () => follow("previous-link"),
+    g: () => {
+      if (guidelines) guidelines.open = !guidelines.open;
+    },
+    "/": () => focus("form.filters input[name=q]"),
+    "?": () => {
+      if (help && !help.open) help.showModal();
+    },
   };
+  // Keys that still work once a colleague has reviewed the proposal shown.
+  const afterGone = "jnkgu/?";
 
   document.addEventListener("keydown", (event) => {
     if (event.ctrlKey || event.metaKey || event.altKey || event.isComposing) return;
-    if (event.target.closest("input, textarea, select, button, [contenteditable]")) return;
+    if (typing(event) || (help && help.open)) return;
     const action = keys[event.key];
-    if (!action || (shownGone && !"jk".includes(event.key))) return;
+    if (!action || (shownGone && !afterGone.includes(event.key))) return;
     event.preventDefault();
     action();
   });

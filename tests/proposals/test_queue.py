@@ -150,7 +150,7 @@ def test_the_page_shows_the_proposal_with_its_sources_in_their_chat(client_of, r
 
     html = client_of(reviewer).get(url("proposal", shown)).content.decode()
 
-    assert '<h2 data-field="title">Fix the login crash</h2>' in html
+    assert '<h2 data-field="title" id="proposal-title">Fix the login crash</h2>' in html
     assert "It crashes after tapping Log in." in html
     assert "Two people agreed and set a date." in html
     assert "Bob Martin" in html and "High" in html and "Merge" in html
