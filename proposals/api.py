@@ -38,6 +38,7 @@ from proposals.services import (
     bulk_review,
     edit_proposal,
     mark_duplicate,
+    mark_duplicate_of_task,
     merge_proposals,
     reject_proposal,
     reopen_proposal,
@@ -310,7 +311,17 @@ class SplitSerializer(serializers.Serializer):
 
 
 class DuplicateSerializer(serializers.Serializer):
-    of = serializers.IntegerField(min_value=1, help_text="The pending or approved proposal this one repeats.")
+    of = serializers.IntegerField(
+        min_value=1, required=False, help_text="The pending or approved proposal this one repeats."
+    )
+    of_task = serializers.IntegerField(
+        min_value=1, required=False, help_text="Or the task of the same project that it repeats."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("of" in attrs) == ("of_task" in attrs):
+            raise serializers.ValidationError("Give either `of` (a proposal) or `of_task` (a task).")
+        return attrs
 
 
 class BulkReviewSerializer(serializers.Serializer):
@@ -522,13 +533,17 @@ class ProposalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         return Response(ProposalSerializer(parts, many=True).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
-        summary="Mark a proposal as a duplicate of another",
+        summary="Mark a proposal as a duplicate of another proposal or of a task",
         description="A pending proposal is closed as merged into the pending or approved proposal "
-        "it repeats (`of`). Returns the proposal marked.",
+        "it repeats (`of`), or linked to the task of its project that it repeats (`of_task`). "
+        "Returns the proposal marked.",
         request=DuplicateSerializer,
         responses={
             200: ProposalDetailSerializer,
-            400: OpenApiResponse(description="A proposal cannot duplicate itself."),
+            400: OpenApiResponse(
+                description="Neither or both of `of` and `of_task`; a proposal cannot duplicate itself; "
+                "the task is another project's."
+            ),
             403: FORBIDDEN,
             404: NOT_FOUND,
             409: ILLEGAL_MOVE,
@@ -538,7 +553,11 @@ class ProposalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def duplicate(self, request: Request, pk: str) -> Response:
         payload = DuplicateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        proposal = mark_duplicate(proposal_id=int(pk), of_id=payload.validated_data["of"], user=request.user)
+        data = payload.validated_data
+        if "of_task" in data:
+            proposal = mark_duplicate_of_task(proposal_id=int(pk), task_id=data["of_task"], user=request.user)
+        else:
+            proposal = mark_duplicate(proposal_id=int(pk), of_id=data["of"], user=request.user)
         return self._detail(proposal.pk)
 
     @extend_schema(

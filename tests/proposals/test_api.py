@@ -348,6 +348,34 @@ def test_marking_a_duplicate(proposal, reviewer) -> None:
     assert body["review_events"][0]["action"] == "mark_duplicate"
 
 
+def test_marking_a_duplicate_of_a_task_of_the_project(proposal, reviewer) -> None:
+    task = TaskFactory(project=proposal.project)
+    response = client_for(reviewer).post(url(proposal, "duplicate"), {"of_task": task.pk}, format="json")
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["status"], body["task"], body["review_note"]) == (
+        "merged",
+        task.pk,
+        f"Duplicate of task #{task.pk}",
+    )
+
+
+@pytest.mark.parametrize("payload", [{}, {"of": 1, "of_task": 1}])
+def test_a_duplicate_names_either_a_proposal_or_a_task(proposal, reviewer, payload) -> None:
+    response = client_for(reviewer).post(url(proposal, "duplicate"), payload, format="json")
+    assert response.status_code == 400
+    proposal.refresh_from_db()
+    assert proposal.status == "pending"
+
+
+def test_a_task_of_another_project_is_no_duplicate(proposal, reviewer) -> None:
+    elsewhere = TaskFactory()
+    response = client_for(reviewer).post(url(proposal, "duplicate"), {"of_task": elsewhere.pk}, format="json")
+    assert response.status_code == 400
+    proposal.refresh_from_db()
+    assert proposal.status == "pending"
+
+
 def test_undo_restores_an_approved_proposal_and_deletes_its_task(proposal, reviewer) -> None:
     client = client_for(reviewer)
     client.post(url(proposal, "approve"), {}, format="json")
