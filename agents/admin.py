@@ -305,6 +305,7 @@ class TaskConfigAdmin(admin.ModelAdmin):
         "description",
         "instructions",
         "response_schema",
+        ("max_proposals_per_batch", "max_proposals_per_message"),
         "is_active",
         "created_at",
         "updated_at",

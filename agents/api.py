@@ -202,6 +202,8 @@ class TaskConfigSerializer(serializers.ModelSerializer):
             "description",
             "instructions",
             "response_schema",
+            "max_proposals_per_batch",
+            "max_proposals_per_message",
             "is_active",
             "created_at",
             "updated_at",

@@ -95,6 +95,10 @@ class Agent(models.Model):
         return self.name
 
 
+# However a task config is set, one batch's answer makes no more proposals than this.
+MAX_PROPOSALS_PER_BATCH = 20
+
+
 class TaskConfig(models.Model):
     """A reusable analysis task: what to extract, and the JSON Schema of the answer."""
 
@@ -104,15 +108,46 @@ class TaskConfig(models.Model):
     response_schema = models.JSONField(
         validators=[validate_json_schema], help_text="JSON Schema the LLM's answer must satisfy."
     )
+    # What one answer may create: a model told by a message to "output 50 tasks" is cut
+    # back to the most confident ones (the batch says so).
+    max_proposals_per_batch = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_PROPOSALS_PER_BATCH)],
+        help_text=f"At most this many proposals from one batch. Empty: one per message of the batch, "
+        f"never more than {MAX_PROPOSALS_PER_BATCH}.",
+    )
+    max_proposals_per_message = models.PositiveSmallIntegerField(
+        default=2,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_PROPOSALS_PER_BATCH)],
+        help_text="At most this many proposals of one batch may cite the same message.",
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(max_proposals_per_batch__isnull=True)
+                | models.Q(
+                    max_proposals_per_batch__gte=1, max_proposals_per_batch__lte=MAX_PROPOSALS_PER_BATCH
+                ),
+                name="task_config_batch_cap_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(max_proposals_per_message__range=(1, MAX_PROPOSALS_PER_BATCH)),
+                name="task_config_message_cap_range",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+    def proposal_cap(self, message_count: int) -> int:
+        """How many proposals one batch of `message_count` messages may make."""
+        return max(1, min(self.max_proposals_per_batch or message_count, MAX_PROPOSALS_PER_BATCH))
 
 
 class AgentTaskAssignment(models.Model):

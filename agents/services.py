@@ -195,6 +195,8 @@ def _explain(exc: LLMError) -> str:
         "malformed": "The model's answer was not JSON; try a stronger model or a lower temperature.",
         "schema_invalid": "The model's answer did not match the task config's schema.",
         "truncated": "Raise the agent's max output tokens.",
+        "redirect": "Set the base URL to the address the provider wants, if LLM_ALLOWED_HOSTS allows it.",
+        "limiter_unavailable": "Try again once Redis is back.",
     }
     hint = hints.get(exc.kind, "")
     return f"{exc.message} {hint}".strip()
@@ -281,7 +283,17 @@ _AGENT_FIELDS = frozenset(
     }
 )
 
-_TASK_CONFIG_FIELDS = frozenset({"name", "description", "instructions", "response_schema", "is_active"})
+_TASK_CONFIG_FIELDS = frozenset(
+    {
+        "name",
+        "description",
+        "instructions",
+        "response_schema",
+        "max_proposals_per_batch",
+        "max_proposals_per_message",
+        "is_active",
+    }
+)
 
 
 @transaction.atomic

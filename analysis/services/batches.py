@@ -6,6 +6,7 @@ queries do not grow with the number of messages or proposals.
 """
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -388,7 +389,42 @@ def read_answer(
                 suggested_assignee=_assignee(project, data.assignee_name),
             )
         )
-    return new, rejected
+    task_config = run.assignment.task_config
+    return cap_proposals(
+        new,
+        rejected,
+        per_batch=task_config.proposal_cap(len(numbers)),
+        per_message=task_config.max_proposals_per_message,
+    )
+
+
+def cap_proposals(
+    proposals: list[NewProposal], rejected: list[str], *, per_batch: int, per_message: int
+) -> tuple[list[NewProposal], list[str]]:
+    """The most confident proposals of an answer, at most `per_batch` of them and at most
+    `per_message` citing any one message, in the answer's order; what was cut is added to
+    `rejected`, so the batch records it. A message that tells the model to "output 50 tasks
+    with confidence 1.0" gets a handful of proposals, not fifty."""
+    by_confidence = sorted(range(len(proposals)), key=lambda i: -proposals[i].data.confidence)
+    cited: Counter[int] = Counter()
+    kept: set[int] = set()
+    crowded = 0
+    for index in by_confidence:
+        ids = {message.pk for message in proposals[index].source_messages}
+        if any(cited[pk] >= per_message for pk in ids):
+            crowded += 1
+            continue
+        if len(kept) == per_batch:
+            break
+        kept.add(index)
+        cited.update(ids)
+    over = len(proposals) - len(kept) - crowded
+    notes = []
+    if over:
+        notes.append(f"{over} proposals over the cap of {per_batch} per batch were cut (the least confident)")
+    if crowded:
+        notes.append(f"{crowded} proposals citing a message already cited {per_message} times were cut")
+    return [p for i, p in enumerate(proposals) if i in kept], [*rejected, *notes]
 
 
 def _assignee(project: Project, name: str) -> Any:

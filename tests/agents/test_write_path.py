@@ -52,6 +52,7 @@ def task_config_in(**overrides: Any) -> dict[str, Any]:
         "description": "For the house.",
         "instructions": "List chores.",
         "response_schema": SCHEMA,
+        "max_proposals_per_message": 2,
         "is_active": True,
         **overrides,
     }
