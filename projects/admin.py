@@ -11,7 +11,7 @@ from django.utils.html import format_html
 from projects import access
 from projects.models import Project, ProjectConfig, ProjectMembership, Task, WebhookDelivery, WebhookEndpoint
 from projects.services import check_task_change, update_task
-from projects.webhooks import redeliver
+from projects.webhooks import check_webhook_url, redeliver
 from sources import admin as sources_admin
 from sources.models import Chat, Message, MessageEdit
 from tasktracker.exceptions import DomainError
@@ -260,8 +260,22 @@ class TaskChangeCheck(ModelForm):
         return cleaned
 
 
+class WebhookEndpointForm(ModelForm):
+    """The admin refuses, as an error on `url`, a URL the API would refuse: the rule is
+    `check_webhook_url`'s, asked here."""
+
+    def clean_url(self) -> str:
+        url = self.cleaned_data["url"]
+        try:
+            check_webhook_url(url)
+        except DomainError as exc:
+            raise ValidationError(exc.message, code=exc.code) from exc
+        return url
+
+
 @admin.register(WebhookEndpoint)
 class WebhookEndpointAdmin(admin.ModelAdmin):
+    form = WebhookEndpointForm
     list_display = ["url", "project", "events", "is_active", "created_at"]
     list_filter = ["is_active", "project"]
     list_select_related = ["project"]

@@ -36,6 +36,7 @@ from projects.services import (
     rollback_config,
     update_task,
 )
+from projects.webhooks import check_webhook_url
 from tasktracker.api import IdField, IdFilter, help_texts
 from tasktracker.exceptions import DomainError
 
@@ -605,7 +606,8 @@ class WebhookSerializer(serializers.ModelSerializer):
         extra_kwargs = help_texts(
             project="Id of the project whose events are sent; one you lead, unless you are staff (one you "
             "are not on is an invalid id).",
-            url="Where the signed JSON POSTs go.",
+            url="Where the signed JSON POSTs go: an http(s) URL whose host resolves to public addresses "
+            "only, unless it is in WEBHOOK_ALLOWED_HOSTS. Redirects are not followed.",
             is_active="Off: no events are sent to it.",
             secret="HMAC-SHA256 key of X-Tasktracker-Signature.",  # noqa: S106
         )
@@ -616,6 +618,17 @@ class WebhookSerializer(serializers.ModelSerializer):
         # A project the user is not on is no valid choice: its existence is not theirs to learn.
         fields["project"].queryset = access.projects(request.user if request is not None else None)
         return fields
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # Here, not in validate_url: the host is resolved only for a user on the project, so
+        # that no one else can ask the server's DNS what an internal name points at.
+        attrs = super().validate(attrs)
+        try:
+            if "url" in attrs:
+                check_webhook_url(attrs["url"])
+        except DomainError as exc:
+            raise ValidationError({"url": [exc.message]}, code=exc.code) from exc
+        return attrs
 
 
 class WebhookDeliverySerializer(serializers.ModelSerializer):
@@ -634,12 +647,15 @@ class WebhookDeliverySerializer(serializers.ModelSerializer):
         read_only_fields = fields
         extra_kwargs = help_texts(
             event="The event sent: proposal.approved or task.status_changed.",
-            status="pending (queued or waiting for a retry), delivered (answered 2xx) or failed (given up).",
-            attempts="POSTs made so far; a failed one is retried with backoff (10 s, 20 s, 40 s…).",
-            response_status="HTTP status of the last answer; null when none came (connection error or "
-            "timeout) or before the first attempt.",
-            error="Why the last attempt failed: the start of the answer's body, or the connection error; "
-            "empty once delivered.",
+            status="pending (queued or waiting for a retry), delivered (answered 2xx) or failed (given up, "
+            "or at once when the URL was refused or answered with a redirect).",
+            attempts="Attempts made so far (a refused one sent nothing); a failed one is retried with "
+            "backoff (10 s, 20 s, 40 s…).",
+            response_status="HTTP status of the last answer; null when none came (refused, connection error "
+            "or timeout) or before the first attempt.",
+            error='Why the last attempt failed, in a few words: "HTTP 500", "HTTP 302: redirects are not '
+            'followed.", "Timed out", "Could not connect: …", "Refused: 127.0.0.1 is not a public address.";'
+            " never what the receiver answered. Empty once delivered.",
             created_at="When the event was queued.",
             delivered_at="When the receiver answered 2xx; null until then.",
         )

@@ -276,6 +276,9 @@ FIELD_ENCRYPTION_KEY = env.str("FIELD_ENCRYPTION_KEY", default="")
 LLM_ALLOWED_HOSTS = env.list(
     "LLM_ALLOWED_HOSTS", default=["api.openai.com", "localhost", "127.0.0.1", "[::1]"]
 )
+# Outgoing webhooks go to public addresses only, except to these hosts (receivers on the
+# internal network), matched exactly against the URL's host; none by default.
+WEBHOOK_ALLOWED_HOSTS = env.list("WEBHOOK_ALLOWED_HOSTS", default=[])
 
 # Production hardening: on whenever DEBUG is off, so `check --deploy` passes with
 # production variables. SECURE_SSL_REDIRECT stays configurable for a TLS-terminating proxy.

@@ -45,6 +45,12 @@ class Receiver:
         return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 
 
+@pytest.fixture(autouse=True)
+def _receivers_on_loopback_are_allowed(settings: Any) -> None:
+    """The receivers here listen on 127.0.0.1, which webhooks reach only when allowed."""
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+
+
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     receiver = Receiver()
