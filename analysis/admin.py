@@ -1,16 +1,18 @@
 from collections.abc import Callable
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from analysis.models import AnalysisRun, Batch
-from analysis.selectors import can_operate_run
-from analysis.services import cancel_run, retry_failed_batches
+from analysis.selectors import can_operate_run, runs_to_close
+from analysis.services import cancel_run, close_run, retry_failed_batches
 from projects import access
 from tasktracker.exceptions import DomainError
 
@@ -72,7 +74,7 @@ class AnalysisRunAdmin(admin.ModelAdmin):
     list_select_related = ["assignment__agent", "assignment__task_config"]
     search_fields = ["id__exact", "error"]
     date_hierarchy = "created_at"
-    actions = ["cancel_runs", "retry_failed"]
+    actions = ["cancel_runs", "retry_failed", "close_runs"]
     change_list_template = "admin/analysis/analysisrun/change_list.html"
 
     @admin.action(description="Cancel the selected runs")
@@ -83,6 +85,62 @@ class AnalysisRunAdmin(admin.ModelAdmin):
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[AnalysisRun]) -> None:
         self._apply(request, queryset, lambda run: retry_failed_batches(run=run), "queued again")
 
+    @admin.action(description="Close the selected runs…")
+    def close_runs(self, request: HttpRequest, queryset: QuerySet[AnalysisRun]) -> TemplateResponse | None:
+        """Like `delete_selected`: the first request lists the runs with what closing each
+        means, or why it cannot close; the confirmation (`post`) closes them through
+        `close_run`, which decides again, as the runs may have changed meanwhile."""
+        if request.POST.get("post"):
+            for run in queryset.prefetch_related("projects"):
+                if not self._may_operate(request, run):
+                    continue
+                try:
+                    closed = close_run(run_id=run.pk)
+                except DomainError as exc:
+                    self.message_user(request, exc.message, messages.ERROR)
+                    continue
+                figures = closed.review_stats
+                self.message_user(
+                    request,
+                    f"Run {run.pk} closed: {figures['approved']} approved, {figures['rejected']} rejected, "
+                    f"{figures['merged']} merged.",
+                    messages.SUCCESS,
+                )
+            return None
+        runs = [(run, self._close_refusal(request, run)) for run in runs_to_close(queryset)]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Close runs",
+            "subtitle": None,
+            "runs": runs,
+            "closable": [run for run, refusal in runs if not refusal],
+            "opts": self.opts,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/analysis/analysisrun/close_runs_confirmation.html", context)
+
+    def _close_refusal(self, request: HttpRequest, run: AnalysisRun) -> str:
+        """Why the confirmation page says `run` will not close ("" when it will), as
+        `close_run` and the permission check would refuse it; they decide on confirmation."""
+        if not can_operate_run(request.user, run):
+            return "Only a lead of each of its projects may close it."
+        if AnalysisRun.Status.CLOSED not in AnalysisRun.TRANSITIONS[run.status]:
+            return f"It is {run.get_status_display().lower()}; only completed runs close."
+        if run.pending_count:
+            return (
+                f"{run.pending_count} of its proposals still wait{'s' if run.pending_count == 1 else ''} "
+                "for review; a run closes once all of them are reviewed."
+            )
+        return ""
+
+    def _may_operate(self, request: HttpRequest, run: AnalysisRun) -> bool:
+        if can_operate_run(request.user, run):
+            return True
+        self.message_user(request, f"Run {run.pk}: only a lead of each of its projects may.", messages.ERROR)
+        return False
+
     def _apply(
         self,
         request: HttpRequest,
@@ -92,10 +150,7 @@ class AnalysisRunAdmin(admin.ModelAdmin):
     ) -> None:
         succeeded = 0
         for run in queryset:
-            if not can_operate_run(request.user, run):
-                self.message_user(
-                    request, f"Run {run.pk}: only a lead of each of its projects may.", messages.ERROR
-                )
+            if not self._may_operate(request, run):
                 continue
             try:
                 action(run)
