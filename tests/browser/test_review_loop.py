@@ -3,6 +3,7 @@ worker asks the (fake, loopback) model; the project's reviewer triages its propo
 the list by keyboard only, including a split, a duplicate and an undo; the lead closes the
 run, reads its band table, and moves one of the new tasks to done."""
 
+import re
 from typing import Any
 
 import pytest
@@ -38,7 +39,20 @@ def start_run_as_lead(page: Page, base_url: str) -> AnalysisRun:
 
 def press(page: Page, key: str) -> None:
     page.keyboard.press(key)
-    page.wait_for_load_state()
+
+
+def arrived(page: Page, locator: Any) -> None:
+    """Once `locator` shows that a new page is in, wait until its scripts have run (the
+    keys are theirs)."""
+    expect(locator).to_be_visible()
+    page.wait_for_load_state("load")
+
+
+def approve(page: Page) -> None:
+    """`a` on the proposal shown, then wait for the next page to say it was approved."""
+    shown = page.locator("#review").get_attribute("data-proposal-id")
+    press(page, "a")
+    arrived(page, page.locator(".messages", has_text=f"Approved proposal {shown}:"))
 
 
 def triage_by_keyboard(page: Page, base_url: str, run: AnalysisRun) -> None:
@@ -48,6 +62,7 @@ def triage_by_keyboard(page: Page, base_url: str, run: AnalysisRun) -> None:
     press(page, "Enter")
     title = page.locator("#proposal h2")
     listed = page.locator("#triage-list li")
+    arrived(page, page.locator("#triage-list"))
     expect(listed).to_have_count(run.proposals_created)
     expect(page.locator("#queue-progress")).to_contain_text(f"0 of {run.proposals_created} reviewed")
     expect(page.locator("#triage-list li.current")).to_contain_text(title.inner_text())
@@ -62,12 +77,12 @@ def triage_by_keyboard(page: Page, base_url: str, run: AnalysisRun) -> None:
     expect(page.locator("#guidelines > div")).to_be_visible()
 
     # Approve the first.
-    press(page, "a")
-    expect(page.locator(".messages")).to_contain_text("created.")
+    approve(page)
 
     # Split the second into two parts: the first title is focused, Tab reaches the second.
     split_title = title.inner_text()
     press(page, "s")
+    arrived(page, page.locator("#split-form"))
     expect(page.locator("#id_part-0-title")).to_be_focused()
     page.keyboard.type("First half")
     for _ in range(10):
@@ -77,30 +92,34 @@ def triage_by_keyboard(page: Page, base_url: str, run: AnalysisRun) -> None:
     expect(page.locator("#id_part-1-title")).to_be_focused()
     page.keyboard.type("Second half")
     press(page, "Enter")
-    expect(page.locator(".messages")).to_contain_text("into proposals")
+    arrived(page, page.locator(".messages", has_text="into proposals"))
 
     # Mark the one shown now as a duplicate of a part, found by search, then undo that.
     duplicate_title = title.inner_text()
     press(page, "d")
+    arrived(page, page.locator("#duplicate-search"))
     expect(page.locator("#duplicate-search")).to_be_focused()
     page.keyboard.type("First half")
     press(page, "Enter")
+    expect(page).to_have_url(re.compile(r"find=First"))
+    arrived(page, page.locator("#candidates"))
     expect(page.locator("#candidates li")).to_have_count(1)
+    expect(page.locator("#candidates li")).to_contain_text("First half")
     press(page, "1")
-    expect(page.locator(".messages")).to_contain_text("as a duplicate of proposal")
+    arrived(page, page.locator(".messages", has_text="as a duplicate of proposal"))
     press(page, "u")
-    expect(page.locator(".messages")).to_contain_text("it is pending again")
+    arrived(page, page.locator(".messages", has_text="it is pending again"))
     expect(title).to_have_text(duplicate_title)
 
     # Reject it after all, with a reason, then approve what remains.
     press(page, "r")
     page.keyboard.type("Not something we will do")
     press(page, "Enter")
-    expect(page.locator(".messages")).to_contain_text("Rejected proposal")
+    arrived(page, page.locator(".messages", has_text="Rejected proposal"))
     for _ in range(20):
-        if page.locator("#queue-empty").is_visible():
+        if page.locator("#queue-empty").count():
             break
-        press(page, "a")
+        approve(page)
     expect(page.locator("#queue-empty")).to_have_text("Nothing left to review with these filters.")
     total = run.proposals_created + 2  # The split's two parts.
     expect(page.locator("#queue-progress")).to_contain_text(f"{total} of {total} reviewed")
