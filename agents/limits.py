@@ -7,8 +7,12 @@ limits live in Redis and are taken atomically by Lua scripts:
 - a semaphore: a sorted set of slot holders scored by lease expiry, so a worker that
   dies while holding a slot frees it when its lease runs out;
 - a token bucket refilled at `requests_per_minute / 60` tokens a second.
+
+A Redis that cannot be reached raises `LimitUnavailable`, which the gateway retries like a
+provider's 5xx; giving a slot back is not worth failing a call for (its lease frees it).
 """
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +21,11 @@ from functools import cache
 
 import redis
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+# Redis down, restarting or failing over. An error Redis answers (a script's) is a bug.
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 
 _SLOT_SCRIPT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -53,6 +62,13 @@ class LimitTimeout(Exception):
     """No slot or token came free in time."""
 
 
+class LimitUnavailable(Exception):
+    """Redis, which holds the limits, cannot be reached: no slot or token can be taken."""
+
+    def __init__(self, error: redis.RedisError) -> None:
+        super().__init__(f"Redis, which holds the rate limits, cannot be reached: {error}")
+
+
 @cache
 def _client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
@@ -79,7 +95,11 @@ def provider_slot(
     while True:
         now = _now_ms()
         lease_ms = int(lease_seconds * 1000)
-        if script(keys=[key], args=[now, now + lease_ms, max_concurrency, holder, lease_ms * 2]):
+        try:
+            taken = script(keys=[key], args=[now, now + lease_ms, max_concurrency, holder, lease_ms * 2])
+        except _UNREACHABLE as exc:
+            raise LimitUnavailable(exc) from exc
+        if taken:
             break
         if time.monotonic() > deadline:
             raise LimitTimeout(f"No free request slot of provider {provider_id} in {wait_seconds:.0f} s.")
@@ -88,7 +108,11 @@ def provider_slot(
     try:
         yield
     finally:
-        _redis().zrem(key, holder)
+        try:
+            _redis().zrem(key, holder)
+        except _UNREACHABLE as exc:
+            # The call is over and its answer must not be lost: the lease frees the slot.
+            logger.warning("Provider %s's slot is left to its lease: %s", provider_id, LimitUnavailable(exc))
 
 
 def take_rate_token(provider_id: int, *, requests_per_minute: int, wait_seconds: float) -> None:
@@ -100,7 +124,10 @@ def take_rate_token(provider_id: int, *, requests_per_minute: int, wait_seconds:
     capacity = max(1.0, requests_per_minute / 10)
     deadline = time.monotonic() + wait_seconds
     while True:
-        wait_ms = int(script(keys=[key], args=[capacity, rate_per_ms, _now_ms()]))
+        try:
+            wait_ms = int(script(keys=[key], args=[capacity, rate_per_ms, _now_ms()]))
+        except _UNREACHABLE as exc:
+            raise LimitUnavailable(exc) from exc
         if wait_ms == 0:
             return
         if time.monotonic() + wait_ms / 1000 > deadline:

@@ -3,10 +3,14 @@
 `complete_json` sends one structured-output request to a provider's OpenAI-compatible
 endpoint and returns the parsed, schema-validated answer with its usage. It owns every
 retry (the SDK's own are off): 429, 5xx, timeouts and connection errors are retried with
-exponential backoff and jitter, honouring Retry-After; a refused key, an exhausted quota
-or an unknown model are permanent. A truncated answer (finish_reason=length), a refusal
-and an answer that is not valid JSON for the schema are reported as such, not retried.
+exponential backoff and jitter, honouring Retry-After, and so is the Redis of the limits
+when it cannot be reached; a refused key, an exhausted quota, an unknown model or a
+redirect are permanent. A truncated answer (finish_reason=length), a refusal and an
+answer that is not valid JSON for the schema are reported as such, not retried.
+No redirect is followed: LLM_ALLOWED_HOSTS vets the configured URL only, and a provider
+must not be able to send the key or the chat anywhere else.
 Concurrency and rate limits per provider hold across every worker (`agents.limits`).
+Usage counts every request sent and its seconds, failed and timed-out ones included.
 API keys never reach a log line or an error message.
 """
 
@@ -19,13 +23,14 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import openai
 from django.conf import settings
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from agents.limits import LimitTimeout, provider_slot, take_rate_token
+from agents.limits import LimitTimeout, LimitUnavailable, provider_slot, take_rate_token
 from agents.models import LLMProvider
 
 logger = logging.getLogger(__name__)
@@ -50,9 +55,9 @@ _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.IGNORECASE)
 
 class LLMError(Exception):
     """An LLM call that gave no usable answer. `kind` says why; `permanent` ones are not
-    worth retrying later (a refused key, an exhausted quota, an unknown model)."""
+    worth retrying later (a refused key, an exhausted quota, an unknown model, a redirect)."""
 
-    PERMANENT_KINDS = frozenset({"auth", "quota", "model_not_found", "bad_request"})
+    PERMANENT_KINDS = frozenset({"auth", "quota", "model_not_found", "bad_request", "redirect"})
 
     def __init__(self, kind: str, message: str, usage: "LLMUsage | None" = None) -> None:
         super().__init__(message)
@@ -74,9 +79,12 @@ class LLMUsage:
     latency_seconds: float = 0.0
     cost: Decimal = field(default_factory=Decimal)
 
-    def add_call(self, provider: LLMProvider, usage: Any, seconds: float) -> None:
+    def add_request(self, seconds: float) -> None:
+        """One request sent, answered or not: a timed-out one costs its seconds too."""
         self.calls += 1
         self.latency_seconds += seconds
+
+    def add_tokens(self, provider: LLMProvider, usage: Any) -> None:
         if usage is None:
             return
         prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
@@ -104,8 +112,16 @@ def _client(provider: LLMProvider) -> openai.OpenAI:
 @lru_cache(maxsize=32)
 def _cached_client(base_url: str, api_key: str, timeout: float) -> openai.OpenAI:
     """One client per endpoint, key and timeout, reused: building one loads the CA bundle
-    (tens of milliseconds), and a reused one keeps its connections alive between calls."""
-    return openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
+    (tens of milliseconds), and a reused one keeps its connections alive between calls.
+
+    It follows no redirect (the SDK's own client does): a 3xx comes back as an error."""
+    return openai.OpenAI(
+        api_key=api_key,
+        base_url=base_url,
+        timeout=timeout,
+        max_retries=0,
+        http_client=openai.DefaultHttpxClient(follow_redirects=False),
+    )
 
 
 def validate_schema(schema: dict[str, Any]) -> None:
@@ -185,6 +201,23 @@ def _error_code(exc: openai.APIStatusError) -> str:
     return str((error or {}).get("code") or (error or {}).get("type") or "")
 
 
+def _redirect_error(
+    provider: LLMProvider, exc: openai.APIStatusError, usage: LLMUsage | None = None
+) -> LLMError:
+    location = exc.response.headers.get("location") if exc.response is not None else None
+    if not location:
+        return LLMError(
+            "redirect",
+            f"{provider.name} answered a redirect ({exc.status_code}); redirects are not followed.",
+            usage,
+        )
+    # Host and port only: a URL's path, query or user info may hold a secret.
+    target = urlsplit(urljoin(provider.base_url, location)).netloc.rpartition("@")[2]
+    return LLMError(
+        "redirect", f"{provider.name} answered a redirect to {target}; redirects are not followed.", usage
+    )
+
+
 def _rejects_response_format(exc: openai.APIStatusError) -> bool:
     return "response_format" in str(exc.message).lower() or "json_schema" in str(exc.message).lower()
 
@@ -238,10 +271,14 @@ def complete_json(
                         or openai.omit,
                     )
                 finally:
-                    elapsed = time.monotonic() - started
-            usage.add_call(provider, response.usage, elapsed)
+                    usage.add_request(time.monotonic() - started)
+            usage.add_tokens(provider, response.usage)
         except LimitTimeout as exc:
             raise LLMError("rate_limited", str(exc), usage) from None
+        except LimitUnavailable as exc:
+            # Retried like a provider's 5xx: a Redis restarting or failing over is back soon.
+            logger.warning("%s: %s", provider.name, exc)
+            reason = "limiter_unavailable"
         except openai.AuthenticationError:
             raise LLMError("auth", f"{provider.name} refused the API key.", usage) from None
         except openai.PermissionDeniedError:
@@ -249,7 +286,6 @@ def complete_json(
         except openai.NotFoundError:
             raise LLMError("model_not_found", f"{provider.name} has no model {model!r}.", usage) from None
         except openai.BadRequestError as exc:
-            usage.calls += 1
             if _rejects_response_format(exc) and len(formats) > 1:
                 logger.info("%s does not take response_format %s; falling back", provider.name, fmt)
                 formats.pop(0)
@@ -259,7 +295,6 @@ def complete_json(
                 "bad_request", f"{provider.name} refused the request: {exc.message}", usage
             ) from None
         except openai.RateLimitError as exc:
-            usage.calls += 1
             if _error_code(exc) == "insufficient_quota":
                 raise LLMError(
                     "quota", f"{provider.name}: the account's quota is exhausted.", usage
@@ -267,7 +302,8 @@ def complete_json(
             retry_after = _retry_after(exc)
             reason = "rate_limited"
         except openai.APIStatusError as exc:
-            usage.calls += 1
+            if 300 <= exc.status_code < 400:
+                raise _redirect_error(provider, exc, usage) from None
             # llama-cpp-python answers 500, FastAPI-based servers 422, to a format they lack.
             if _rejects_response_format(exc) and len(formats) > 1:
                 logger.info("%s does not take response_format %s; falling back", provider.name, fmt)
@@ -279,10 +315,8 @@ def complete_json(
             retry_after = _retry_after(exc)
             reason = "server_error"
         except openai.APITimeoutError:
-            usage.calls += 1
             reason = "timeout"
         except openai.APIConnectionError:
-            usage.calls += 1
             reason = "connection"
         else:
             _remember_format(provider, model, fmt)
@@ -300,6 +334,7 @@ def _give_up_message(provider: LLMProvider, reason: str, attempts: int) -> str:
         "timeout": f"did not answer within {provider.timeout_seconds:.0f} s",
         "rate_limited": "kept answering 429 (rate limited)",
         "server_error": "kept answering with server errors",
+        "limiter_unavailable": "could not be called: Redis, which holds its rate limits, cannot be reached",
     }[reason]
     return f"{provider.name} {what} ({attempts} attempts)."
 
@@ -328,6 +363,8 @@ def list_models(*, provider: LLMProvider) -> list[str]:
     except openai.AuthenticationError:
         raise LLMError("auth", f"{provider.name} refused the API key.") from None
     except openai.APIStatusError as exc:
+        if 300 <= exc.status_code < 400:
+            raise _redirect_error(provider, exc) from None
         raise LLMError(
             "bad_request", f"{provider.name} answered {exc.status_code} to the model list."
         ) from None
