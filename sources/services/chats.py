@@ -3,12 +3,15 @@
 from django.db import transaction
 
 from sources.models import Chat
+from sources.services.storable import strip_nul
 
 
 @transaction.atomic
 def get_or_create_chat(*, telegram_id: int, title: str, type: str, username: str = "") -> Chat:
     """The chat with this Bot API id, created if new. A changed title, type or username is
-    written over the stored one (chats get renamed); an empty one never erases it."""
+    written over the stored one (chats get renamed); an empty one never erases it. NULs
+    are dropped from the title and username, as from messages (`sources.services.storable`)."""
+    title, username = strip_nul(title), strip_nul(username)
     chat, created = Chat.objects.select_for_update().get_or_create(
         telegram_id=telegram_id,
         defaults={"title": title[:255], "type": type, "username": username[:64]},

@@ -7,8 +7,9 @@ from django.db import transaction
 
 from sources.models import PollingState, TelegramUpdate
 from sources.services.chats import get_or_create_chat
+from sources.services.storable import clean_json
 from sources.services.upsert import upsert_messages
-from sources.telegram import MESSAGE_KINDS, chat_fields, message_fields, parse_update, update_kind
+from sources.telegram import ID_RANGE, MESSAGE_KINDS, read_message, update_kind
 from tasktracker.exceptions import DomainError
 
 
@@ -28,26 +29,33 @@ def ingest_update(*, data: dict[str, Any]) -> UpdateOutcome:
 
     Messages, channel posts and their edits go through `upsert_messages`; an edit updates
     the text and `edited_at` and keeps the previous text. Other kinds are remembered as
-    seen and skipped. Raises `DomainError` for a payload that is not an update.
+    seen and skipped. Raises `DomainError` for a payload that is not an update, before
+    writing anything: no integer update_id of 64 bits, or a message kind whose message
+    has the wrong shape (no chat, an id beyond 64 bits, a field of the wrong type...).
     """
     if not isinstance(data, dict) or type(data.get("update_id")) is not int:
         raise DomainError("An update must be a JSON object with an integer update_id.", code="invalid_update")
+    if data["update_id"] not in ID_RANGE:
+        raise DomainError("The update_id is not an integer of 64 bits.", code="invalid_update")
+    # Python's json reads "\ud800" into a lone surrogate, which no database stores.
+    data = clean_json(data)
     kind = update_kind(data)
     # Other kinds are not parsed at all: a newer Bot API shape of them must not fail us.
-    message = None
+    fields = None
     if kind in MESSAGE_KINDS:
         try:
-            message = parse_update(data).effective_message
+            fields = read_message(data)
         except ValueError as exc:
             raise DomainError(str(exc), code="invalid_update") from exc
     _, created = TelegramUpdate.objects.get_or_create(update_id=data["update_id"], defaults={"kind": kind})
     if not created:
         return UpdateOutcome(result="duplicate", kind=kind)
-    if message is None:
+    if fields is None:
         return UpdateOutcome(result="skipped", kind=kind)
-    chat = get_or_create_chat(**chat_fields(message.chat))
-    upsert_messages(chat=chat, messages=[message_fields(message, raw=data)])
-    return UpdateOutcome(result="stored", kind=kind, message_id=message.message_id)
+    chat_data, message_data = fields
+    chat = get_or_create_chat(**chat_data)
+    upsert_messages(chat=chat, messages=[message_data])
+    return UpdateOutcome(result="stored", kind=kind, message_id=message_data["telegram_id"])
 
 
 @transaction.atomic

@@ -13,6 +13,7 @@ from psycopg.types.json import set_json_dumps
 
 from sources.models import Chat, Message, MessageEdit
 from sources.services.chats import get_or_create_chat
+from sources.services.storable import clean_json, has_dumped_nul, storable_json, strip_nul
 from tasktracker.exceptions import DomainError
 
 # The columns COPY writes, in order (`created_at` and `updated_at` are set explicitly).
@@ -36,6 +37,8 @@ _ORJSON_STRICT = (
 )
 # Message's UniqueConstraint on (chat, telegram_id).
 _UNIQUE_MESSAGE_CONSTRAINT = "message_unique_per_chat"
+# The text fields of `MessageData`, whose NUL characters `upsert_messages` drops.
+_TEXT_FIELDS = ("text", "author_name", "forwarded_from")
 
 
 class MessageData(TypedDict, total=False):
@@ -69,9 +72,12 @@ def upsert_messages(*, chat: Chat, messages: list[MessageData]) -> UpsertCounts:
     later edit), which is counted unchanged rather than rolling the text back. A message
     stored by another path (the webhook) between the lookup and the insert is compared
     with that copy like any stored one, not counted as created.
+
+    NUL characters are dropped from the text, the names and the raw copy (see
+    `sources.services.storable`): a message is stored alike on both databases.
     """
     # The last copy of a message wins when a chunk holds it twice.
-    incoming = {m["telegram_id"]: m for m in messages}
+    incoming = {m["telegram_id"]: _without_nul(m) for m in messages}
     stored = _stored_versions(chat_id=chat.pk, telegram_ids=incoming.keys())
     new = [data for telegram_id, data in incoming.items() if telegram_id not in stored]
     while new:
@@ -95,6 +101,22 @@ def upsert_messages(*, chat: Chat, messages: list[MessageData]) -> UpsertCounts:
     return counts
 
 
+def _without_nul(data: MessageData) -> MessageData:
+    """`data` with its text fields' NULs dropped; `data` itself when it has none. Its raw
+    copy is cleaned where it is written (`storable_json`, or `_dump_raw` on PostgreSQL's
+    COPY, which serialises it anyway)."""
+    # Spelled out rather than looped over `_TEXT_FIELDS`: this runs for every message of an
+    # export, and the loop costs more than the three searches.
+    if not (
+        "\x00" in data.get("text", "")
+        or "\x00" in data.get("author_name", "")
+        or "\x00" in data.get("forwarded_from", "")
+    ):
+        return data
+    clean = {name: strip_nul(data[name]) for name in _TEXT_FIELDS if name in data}
+    return {**data, **clean}
+
+
 def _insert_messages(*, chat_id: int, messages: list[MessageData]) -> None:
     """Insert messages not stored yet. On PostgreSQL by COPY, in a savepoint: when a
     message was stored meanwhile by another path, it raises `IntegrityError` having
@@ -115,7 +137,7 @@ def _insert_messages(*, chat_id: int, messages: list[MessageData]) -> None:
                     edited_at=data.get("edited_at"),
                     reply_to_telegram_id=data.get("reply_to_telegram_id"),
                     forwarded_from=data.get("forwarded_from", "")[:255],
-                    raw=data.get("raw", {}),
+                    raw=storable_json(data.get("raw", {})),
                     created_at=now,
                     updated_at=now,
                 )
@@ -164,11 +186,14 @@ def _insert_messages(*, chat_id: int, messages: list[MessageData]) -> None:
 def _dump_raw(value: Any) -> bytes | str:
     """JSON for a `raw` copy: orjson's, or json.dumps's (as the JSONField writes it) for what
     orjson refuses or would write otherwise, such as an int beyond 64 bits, a key that is
-    not a string, a str or int subclass, a datetime. Both give jsonb the same value."""
+    not a string, a str or int subclass, a datetime. Both give jsonb the same value. NULs
+    are dropped first, as `storable_json` does on the other paths, when there are any:
+    jsonb refuses them."""
     try:
-        return orjson.dumps(value, option=_ORJSON_STRICT)
+        dumped = orjson.dumps(value, option=_ORJSON_STRICT)
     except orjson.JSONEncodeError:
-        return json.dumps(value)
+        return json.dumps(clean_json(value))
+    return orjson.dumps(clean_json(value), option=_ORJSON_STRICT) if has_dumped_nul(dumped) else dumped
 
 
 def _update_changed(
@@ -198,7 +223,8 @@ def _update_changed(
             )
         )
         if "raw" in data:
-            with_raw.append(Message(pk=pk, text=text, edited_at=edited_at, raw=data["raw"], updated_at=now))
+            raw = storable_json(data["raw"])
+            with_raw.append(Message(pk=pk, text=text, edited_at=edited_at, raw=raw, updated_at=now))
         else:
             without_raw.append(Message(pk=pk, text=text, edited_at=edited_at, updated_at=now))
     if with_raw:
