@@ -4,6 +4,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Model, QuerySet
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -12,13 +13,16 @@ from django.urls import URLPattern, path
 from agents.models import Agent, AgentTaskAssignment, LLMProvider, TaskConfig
 from agents.prompts import PromptMessage
 from agents.services import (
+    assign_task_config,
     create_agent,
     create_provider,
     create_task_config,
+    delete_configuration,
     request_provider_check,
     sample_messages,
     test_agent,
     update_agent,
+    update_assignment,
     update_provider,
     update_task_config,
 )
@@ -146,8 +150,41 @@ class LLMProviderAdmin(admin.ModelAdmin):
         )
 
 
+class AssignmentFormSet(BaseInlineFormSet):
+    """An agent's task configs, or a task config's agents, saved through the services the
+    API uses: a new row by `assign_task_config`, a switch by `update_assignment`, a removal
+    by `delete_configuration`. The pair of a saved row stays as it is (its runs record what
+    they ran by it): a different pair is a new row."""
+
+    def add_fields(self, form: forms.ModelForm, index: int | None) -> None:
+        super().add_fields(form, index)
+        if form.instance.pk is not None:
+            for name in ("agent", "task_config"):
+                if name != self.fk.name and name in form.fields:
+                    form.fields[name].disabled = True
+
+    def save_new(self, form: forms.ModelForm, commit: bool = True) -> AgentTaskAssignment:
+        new = form.instance
+        setattr(new, self.fk.name, self.instance)  # the agent or task config saved above
+        _take_saved_row(
+            new, assign_task_config(agent=new.agent, task_config=new.task_config, is_active=new.is_active)
+        )
+        return new
+
+    def save_existing(
+        self, form: forms.ModelForm, obj: AgentTaskAssignment, commit: bool = True
+    ) -> AgentTaskAssignment:
+        return update_assignment(assignment=obj, is_active=form.cleaned_data["is_active"])
+
+    def delete_existing(self, obj: AgentTaskAssignment, commit: bool = True) -> None:
+        # The formset has refused already, as a form error, to delete one that runs used.
+        if commit:
+            delete_configuration(instance=obj)
+
+
 class AssignmentInline(admin.TabularInline):
     model = AgentTaskAssignment
+    formset = AssignmentFormSet
     extra = 0
     readonly_fields = ["created_at"]
 
@@ -337,6 +374,30 @@ class AgentTaskAssignmentAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[AgentTaskAssignment]:
         return super().get_queryset(request).annotate(run_count=Count("runs"))
+
+    def get_readonly_fields(self, request: HttpRequest, obj: AgentTaskAssignment | None = None) -> list[str]:
+        # A saved assignment keeps its pair (its runs record what they ran by it).
+        return [*self.readonly_fields, "agent", "task_config"] if obj is not None else self.readonly_fields
+
+    def save_model(
+        self, request: HttpRequest, obj: AgentTaskAssignment, form: forms.ModelForm, change: bool
+    ) -> None:
+        # Through the same services as the API (which only adds and removes assignments).
+        if change:
+            update_assignment(assignment=obj, is_active=form.cleaned_data["is_active"])
+        else:
+            _take_saved_row(
+                obj,
+                assign_task_config(agent=obj.agent, task_config=obj.task_config, is_active=obj.is_active),
+            )
+
+    def delete_model(self, request: HttpRequest, obj: AgentTaskAssignment) -> None:
+        # The delete page has refused already to delete one that runs used.
+        delete_configuration(instance=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[AgentTaskAssignment]) -> None:
+        for assignment in queryset:
+            delete_configuration(instance=assignment)
 
     @admin.display(description="Runs", ordering="run_count")
     def run_count(self, obj: AgentTaskAssignment) -> int:

@@ -107,15 +107,29 @@ def check_provider_health(*, provider_id: int) -> LLMProvider:
 
 
 @transaction.atomic
-def assign_task_config(*, agent: Agent, task_config: TaskConfig) -> AgentTaskAssignment:
-    """Assign a task config to an agent; a second assignment of the same pair is a 409."""
+def assign_task_config(
+    *, agent: Agent, task_config: TaskConfig, is_active: bool = True
+) -> AgentTaskAssignment:
+    """Assign a task config to an agent (switched off with `is_active=False`: runs refuse
+    it); a second assignment of the same pair is a 409."""
     try:
         with transaction.atomic():
-            return AgentTaskAssignment.objects.create(agent=agent, task_config=task_config)
+            return AgentTaskAssignment.objects.create(
+                agent=agent, task_config=task_config, is_active=is_active
+            )
     except IntegrityError:
         raise DomainError(
             f"{agent} already has the task config {task_config}.", code="already_assigned", status=409
         ) from None
+
+
+@transaction.atomic
+def update_assignment(*, assignment: AgentTaskAssignment, is_active: bool) -> AgentTaskAssignment:
+    """Switch an assignment on or off; runs refuse one switched off. Its agent and task
+    config never change: the runs that used it record what they ran by it."""
+    assignment.is_active = is_active
+    assignment.save(update_fields=["is_active"])
+    return assignment
 
 
 @dataclass

@@ -8,7 +8,8 @@ the API put its message next to the field it is about (`error_field`).
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date
 from typing import Any
 
 from celery.schedules import ParseException, crontab
@@ -480,6 +481,11 @@ class _Unset:
 UNSET = _Unset()
 
 
+def _check_may_change_tasks(user: AbstractBaseUser | None, project_id: int) -> None:
+    if not access.can(user, project_id, access.Action.CHANGE_TASKS):
+        raise DomainError("Only the project's team can change its tasks.", code="forbidden", status=403)
+
+
 def check_task_change(
     *, task: Task, user: AbstractBaseUser, status: str | None = None, assignee: Any = UNSET
 ) -> list[str]:
@@ -487,8 +493,7 @@ def check_task_change(
     team and staff, `access.Action.CHANGE_TASKS`), the move along `TASK_TRANSITIONS`, the
     assignee on the team. Raises `DomainError` with the reason; writes nothing. `update_task`
     applies it; the admin's task form checks its changes with it."""
-    if not access.can(user, task.project_id, access.Action.CHANGE_TASKS):
-        raise DomainError("Only the project's team can change its tasks.", code="forbidden", status=403)
+    _check_may_change_tasks(user, task.project_id)
     fields = []
     if status is not None and status != task.status:
         if status not in TASK_TRANSITIONS:
@@ -535,6 +540,84 @@ def update_task(
             project=task.project, event=WebhookEndpoint.Event.TASK_STATUS_CHANGED, payload=task_payload(task)
         )
     return task
+
+
+@transaction.atomic
+def create_task(
+    *,
+    project: Project,
+    title: str,
+    created_by: AbstractBaseUser,
+    description: str = "",
+    assignee: AbstractBaseUser | None = None,
+    priority: str = Task.Priority.MEDIUM,
+    category: str = Task.Category.FEATURE,
+    tags: Sequence[str] = (),
+    due_date: date | None = None,
+) -> Task:
+    """Create an open task of `project`, e.g. the task an approved proposal becomes.
+
+    `created_by` must be on the project's team (or staff: `access.Action.CHANGE_TASKS`).
+    The title must not be blank, and the priority and category must be a task's: a task
+    config's own schema may let a proposal carry others, which are refused here with a
+    reason rather than by the database. The assignee is taken as given (an approval keeps
+    the proposal's suggestion)."""
+    _check_may_change_tasks(created_by, project.pk)
+    if not title.strip():
+        raise _invalid("title", "A task needs a title.")
+    for field, value, choices in (
+        ("priority", priority, Task.Priority),
+        ("category", category, Task.Category),
+    ):
+        if value not in choices.values:
+            raise _invalid(field, f"“{value}” is not a task {field}; use one of {', '.join(choices.values)}.")
+    task = Task.objects.create(
+        project=project,
+        title=title,
+        description=description,
+        assignee=assignee,
+        priority=priority,
+        category=category,
+        tags=list(tags),
+        due_date=due_date,
+        created_by=created_by,
+    )
+    logger.info("%s created task %s in %s", created_by, task.pk, project)
+    return task
+
+
+@transaction.atomic
+def append_to_task(*, task: Task, text: str, user: AbstractBaseUser) -> Task:
+    """Add `text` to the end of a task's description as a paragraph of its own (a proposal
+    approved as an addition to the task it repeats). Locks the task row and appends to the
+    stored description, not to `task`'s copy, so two additions at once both stay. A task
+    deleted meanwhile (`delete_task_if_unused`) is a 404."""
+    _check_may_change_tasks(user, task.project_id)
+    locked = (
+        # Lock the task row only, not its project's.
+        Task.objects.select_for_update(of=("self",)).select_related("project").filter(pk=task.pk).first()
+    )
+    if locked is None:
+        raise DomainError(f"Task #{task.pk} no longer exists.", code="not_found", status=404)
+    locked.description = f"{locked.description}\n\n{text}"
+    locked.save(update_fields=["description", "updated_at"])
+    logger.info("%s added to task %s", user, locked.pk)
+    return locked
+
+
+@transaction.atomic
+def delete_task_if_unused(*, task: Task, user: AbstractBaseUser) -> bool:
+    """Delete a task no proposal became or was added to any more (the `proposals` that
+    `TaskProposal.task` links), e.g. the one an approval made once the approval is undone;
+    return whether it was deleted. Locks the task row like `append_to_task`, so a proposal
+    being added to it at the same moment either keeps it or finds it gone."""
+    _check_may_change_tasks(user, task.project_id)
+    locked = Task.objects.select_for_update().filter(pk=task.pk).first()
+    if locked is None or locked.proposals.exists():
+        return False
+    locked.delete()
+    logger.info("%s deleted task %s, which nothing used any more", user, task.pk)
+    return True
 
 
 def task_payload(task: Task) -> dict[str, Any]:

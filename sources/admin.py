@@ -3,6 +3,7 @@ import logging
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, QuerySet
+from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -11,7 +12,7 @@ from django.utils.text import Truncator
 from sources.forms import ExportUploadForm
 from sources.management.commands.import_telegram_export import describe_import
 from sources.models import Chat, Message, MessageEdit, PollingState, TelegramUpdate
-from sources.services import ImportResult, import_telegram_export
+from sources.services import ImportResult, get_or_create_chat, import_telegram_export, update_chat
 from tasktracker.exceptions import DomainError
 
 logger = logging.getLogger(__name__)
@@ -35,9 +36,33 @@ class ChatAdmin(admin.ModelAdmin):
     search_fields = ["title", "username", "telegram_id__exact"]
     readonly_fields = ["created_at", "updated_at"]
     fields = ["telegram_id", "title", "type", "username", "is_active", "created_at", "updated_at"]
+    # Telegram's to change once the chat exists (`get_or_create_chat` writes what it reports).
+    telegram_fields = ["telegram_id", "type", "username"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Chat]:
         return super().get_queryset(request).annotate(message_count=Count("messages"))
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Chat | None = None) -> list[str]:
+        return [*self.telegram_fields, *self.readonly_fields] if obj is not None else self.readonly_fields
+
+    def save_model(self, request: HttpRequest, obj: Chat, form: ModelForm, change: bool) -> None:
+        """Through the services the API and the ingestion paths use, from the change form and
+        the list's switches alike: a change by `update_chat` (the title and the switch; only
+        what differs from the stored row is written), a new chat by `get_or_create_chat`."""
+        changes = {
+            name: form.cleaned_data[name] for name in ("title", "is_active") if name in form.cleaned_data
+        }
+        if change:
+            # `obj` holds the form's values already; the service compares with the stored row.
+            saved = update_chat(chat=Chat.objects.get(pk=obj.pk), **changes)
+        else:
+            saved = get_or_create_chat(
+                telegram_id=obj.telegram_id, title=obj.title, type=obj.type, username=obj.username
+            )
+            if not obj.is_active:
+                saved = update_chat(chat=saved, is_active=False)
+        # The admin goes on with `obj` (the log entry, the redirect): it becomes the saved row.
+        vars(obj).update(vars(saved))
 
     @admin.display(description="Messages", ordering="message_count")
     def message_count(self, obj: Chat) -> int:

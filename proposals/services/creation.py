@@ -1,5 +1,5 @@
-"""Creating proposals: from an LLM's answer, a batch at a time, each marked with the live
-proposal or task it repeats (`DuplicateFinder`)."""
+"""Creating proposals: from an LLM's answer, a batch at a time, or from the parts of a split
+(`split_proposal`), each marked with the live proposal or task it repeats (`DuplicateFinder`)."""
 
 import difflib
 import re
@@ -220,7 +220,7 @@ def create_proposals(
     """Save proposals with their sources, in a constant number of queries. A proposal that
     repeats a live one or a task (one saved before, or one before it in `proposals`) is
     marked with what it repeats, never dropped, so the reviewer decides. Call inside the
-    transaction that saves their batch."""
+    transaction that saves their batch (or the split they come from)."""
     if not proposals:
         return []
     finder = DuplicateFinder(

@@ -14,9 +14,10 @@ from django.utils import timezone
 
 from projects import access
 from projects.models import Task, WebhookEndpoint
-from projects.services import task_payload
+from projects.services import append_to_task, create_task, delete_task_if_unused, task_payload
 from projects.webhooks import emit_webhook
 from proposals.models import ReviewEvent, TaskProposal
+from proposals.services.creation import NewProposal, ProposalData, create_proposals
 from tasktracker.exceptions import DomainError
 from tasktracker.realtime import broadcast
 
@@ -134,12 +135,11 @@ def approve_proposal(
             raise DomainError(
                 f"Proposal {proposal.pk} has no similar task to add to.", code="no_similar_task"
             )
-        addition = f"\n\nFrom proposal {proposal.pk}: {proposal.title}\n{proposal.description}".rstrip()
-        task.description = f"{task.description}{addition}"
-        task.save(update_fields=["description", "updated_at"])
+        addition = f"From proposal {proposal.pk}: {proposal.title}\n{proposal.description}".rstrip()
+        task = append_to_task(task=task, text=addition, user=user)
         action = ReviewEvent.Action.ADD_TO_TASK
     else:
-        task = Task.objects.create(
+        task = create_task(
             project=proposal.project,
             title=proposal.title,
             description=proposal.description,
@@ -287,28 +287,37 @@ def split_proposal(*, proposal_id: int, user: Any, parts: Sequence[dict[str, Any
     if given != set(sources):
         raise DomainError("Every source message must go to some part.", code="sources_left")
     before = _snapshot(proposal)
-    created = []
-    for part in parts:
-        new = TaskProposal.objects.create(
-            run=proposal.run,
-            batch=proposal.batch,
-            project=proposal.project,
-            title=str(part["title"]).strip()[:300],
-            description=str(part.get("description") or ""),
-            suggested_assignee=proposal.suggested_assignee,
-            priority=proposal.priority,
-            category=proposal.category,
-            tags=proposal.tags,
-            due_date=proposal.due_date,
-            confidence=proposal.confidence,
-            recommendation=proposal.recommendation,
-            reasoning=f"Split from proposal {proposal.pk}. {proposal.reasoning}".strip(),
-        )
-        new.source_messages.set([sources[pk] for pk in part["source_message_ids"]])
-        created.append(new)
+    # Closed before its parts are made: duplicate detection compares them with the live
+    # proposals and tasks of the project, and would mark each as repeating this one.
+    _reviewed(proposal, user, TaskProposal.Status.MERGED, ReviewEvent.Action.SPLIT)
+    proposal.save()
+    created = create_proposals(
+        proposals=[
+            NewProposal(
+                project=proposal.project,
+                data=ProposalData(
+                    title=str(part["title"]).strip(),
+                    description=str(part.get("description") or ""),
+                    priority=proposal.priority,
+                    category=proposal.category,
+                    tags=list(proposal.tags),
+                    due_date=proposal.due_date,
+                    confidence=proposal.confidence,
+                    reasoning=f"Split from proposal {proposal.pk}. {proposal.reasoning}".strip(),
+                    recommendation=proposal.recommendation,
+                    assignee_name=proposal.suggested_assignee_name,
+                ),
+                source_messages=[sources[pk] for pk in part["source_message_ids"]],
+                suggested_assignee=proposal.suggested_assignee,
+            )
+            for part in parts
+        ],
+        run=proposal.run,
+        batch=proposal.batch,
+    )
     proposal.merged_into = created[0]
     note = "Split into " + ", ".join(str(p.pk) for p in created)
-    _reviewed(proposal, user, TaskProposal.Status.MERGED, ReviewEvent.Action.SPLIT, note)
+    proposal.review_note = note
     proposal.save()
     _record(proposal, user, ReviewEvent.Action.SPLIT, before, note=note)
     return created
@@ -353,8 +362,7 @@ def undo_last_action(*, proposal_id: int, user: Any) -> TaskProposal:
         task = proposal.task
         proposal.task = None
         proposal.save(update_fields=["task"])
-        if not task.proposals.exists():
-            task.delete()
+        delete_task_if_unused(task=task, user=user)
     proposal.status = state["status"]
     for name in ("title", "description", "priority", "category", "tags", "review_note"):
         setattr(proposal, name, state[name])
