@@ -1,6 +1,6 @@
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count, Prefetch, QuerySet
 from django.forms import ModelForm
@@ -10,8 +10,14 @@ from django.utils.html import format_html
 
 from projects import access
 from projects.models import Project, ProjectConfig, ProjectMembership, Task, WebhookDelivery, WebhookEndpoint
-from projects.services import check_task_change, update_task
-from projects.webhooks import check_webhook_url, redeliver
+from projects.services import check_task_change, error_field, update_task
+from projects.webhooks import (
+    check_webhook_endpoint,
+    create_webhook_endpoint,
+    delete_webhook_endpoint,
+    redeliver,
+    update_webhook_endpoint,
+)
 from sources import admin as sources_admin
 from sources.models import Chat, Message, MessageEdit
 from tasktracker.exceptions import DomainError
@@ -261,16 +267,35 @@ class TaskChangeCheck(ModelForm):
 
 
 class WebhookEndpointForm(ModelForm):
-    """The admin refuses, as an error on `url`, a URL the API would refuse: the rule is
-    `check_webhook_url`'s, asked here."""
+    """The admin refuses, next to its field, what the API would refuse (a URL, an event):
+    the rule is `check_webhook_endpoint`'s, asked here; `WebhookEndpointAdmin.save_model`
+    then saves through the same services as the API."""
 
-    def clean_url(self) -> str:
-        url = self.cleaned_data["url"]
+    request: HttpRequest
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "events" in self.fields:
+            self.fields["events"].required = False  # empty: all events
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if "project" not in cleaned or "url" not in cleaned:
+            return cleaned  # the field's own error is shown already
         try:
-            check_webhook_url(url)
+            cleaned["events"] = check_webhook_endpoint(
+                user=self.request.user,
+                project=cleaned["project"],
+                url=cleaned["url"],
+                events=cleaned.get("events") or [],
+                endpoint=WebhookEndpoint.objects.get(pk=self.instance.pk) if self.instance.pk else None,
+            )
         except DomainError as exc:
-            raise ValidationError(exc.message, code=exc.code) from exc
-        return url
+            field = error_field(exc)
+            self.add_error(
+                field if field in self.fields else None, ValidationError(exc.message, code=exc.code)
+            )
+        return cleaned
 
 
 @admin.register(WebhookEndpoint)
@@ -284,6 +309,33 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[WebhookEndpoint]:
         return access.scope(super().get_queryset(request), request.user, access.Action.CONFIGURE)
+
+    def get_form(
+        self, request: HttpRequest, obj: WebhookEndpoint | None = None, **kwargs: Any
+    ) -> type[ModelForm]:
+        form = super().get_form(request, obj, **kwargs)
+        return type("WebhookEndpointAdminForm", (form,), {"request": request})
+
+    def save_model(self, request: HttpRequest, obj: WebhookEndpoint, form: ModelForm, change: bool) -> None:
+        """Saved by `create_webhook_endpoint` or `update_webhook_endpoint`, as from the API;
+        `obj` is then the row saved."""
+        data = form.cleaned_data
+        fields = {
+            name: data[name] for name in ("project", "url", "events", "is_active", "secret") if name in data
+        }
+        if change:
+            saved = update_webhook_endpoint(endpoint=obj, user=request.user, **fields)
+        else:
+            saved = create_webhook_endpoint(user=request.user, **fields)
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def delete_model(self, request: HttpRequest, obj: WebhookEndpoint) -> None:
+        delete_webhook_endpoint(endpoint=obj, user=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
+        for endpoint in queryset:
+            delete_webhook_endpoint(endpoint=endpoint, user=request.user)
 
 
 @admin.register(WebhookDelivery)
@@ -326,8 +378,16 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
     @admin.action(description="Send the selected deliveries again")
     def send_again(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
-        count = redeliver(delivery_ids=list(queryset.values_list("pk", flat=True)))
+        selected = list(queryset.values_list("pk", flat=True))
+        count = redeliver(delivery_ids=selected)
         self.message_user(request, f"{count} deliveries queued again.")
+        if len(selected) > count:
+            self.message_user(
+                request,
+                f"{len(selected) - count} still pending were left to their task, which is sending "
+                "them or will retry them.",
+                messages.WARNING,
+            )
 
 
 # The `sources` app's chats and messages, registered here: who sees a chat depends on the

@@ -36,7 +36,7 @@ from projects.services import (
     rollback_config,
     update_task,
 )
-from projects.webhooks import check_webhook_url
+from projects.webhooks import create_webhook_endpoint, delete_webhook_endpoint
 from tasktracker.api import IdField, IdFilter, help_texts
 from tasktracker.exceptions import DomainError
 
@@ -619,17 +619,6 @@ class WebhookSerializer(serializers.ModelSerializer):
         fields["project"].queryset = access.projects(request.user if request is not None else None)
         return fields
 
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        # Here, not in validate_url: the host is resolved only for a user on the project, so
-        # that no one else can ask the server's DNS what an internal name points at.
-        attrs = super().validate(attrs)
-        try:
-            if "url" in attrs:
-                check_webhook_url(attrs["url"])
-        except DomainError as exc:
-            raise ValidationError({"url": [exc.message]}, code=exc.code) from exc
-        return attrs
-
 
 class WebhookDeliverySerializer(serializers.ModelSerializer):
     class Meta:
@@ -647,10 +636,12 @@ class WebhookDeliverySerializer(serializers.ModelSerializer):
         read_only_fields = fields
         extra_kwargs = help_texts(
             event="The event sent: proposal.approved or task.status_changed.",
-            status="pending (queued or waiting for a retry), delivered (answered 2xx) or failed (given up, "
-            "or at once when the URL was refused or answered with a redirect).",
-            attempts="Attempts made so far (a refused one sent nothing); a failed one is retried with "
-            "backoff (10 s, 20 s, 40 s…).",
+            status="pending (queued, being sent or waiting for a retry), delivered (answered 2xx) or failed "
+            "(given up after the last attempt, or at once when the URL was refused or answered with a "
+            "redirect).",
+            attempts="Attempts made so far (a refused one sent nothing); a failed one is retried after a "
+            "random wait of up to 10 s, then 20 s, 40 s… (WEBHOOK_RETRY_BACKOFF_SECONDS), "
+            "WEBHOOK_MAX_ATTEMPTS attempts in all (6 by default).",
             response_status="HTTP status of the last answer; null when none came (refused, connection error "
             "or timeout) or before the first attempt.",
             error='Why the last attempt failed, in a few words: "HTTP 500", "HTTP 302: redirects are not '
@@ -701,9 +692,20 @@ class WebhookViewSet(
         return access.scope(webhooks, self.request.user, access.Action.CONFIGURE)
 
     def perform_create(self, serializer: serializers.BaseSerializer) -> None:
-        if not access.can(self.request.user, serializer.validated_data["project"], access.Action.CONFIGURE):
-            raise PermissionDenied("Only the project's leads or staff can add its webhooks.")
-        serializer.save()
+        data = serializer.validated_data
+        try:
+            serializer.instance = create_webhook_endpoint(
+                user=self.request.user,
+                project=data["project"],
+                url=data["url"],
+                events=data.get("events", []),
+                is_active=data.get("is_active", True),
+            )
+        except DomainError as exc:
+            raise _field_errors(exc, set(serializer.fields)) from exc
+
+    def perform_destroy(self, instance: WebhookEndpoint) -> None:
+        delete_webhook_endpoint(endpoint=instance, user=self.request.user)
 
     @extend_schema(
         summary="The webhook's latest deliveries",

@@ -285,6 +285,13 @@ LLM_ALLOWED_HOSTS = env.list(
 # Outgoing webhooks go to public addresses only, except to these hosts (receivers on the
 # internal network), matched exactly against the URL's host; none by default.
 WEBHOOK_ALLOWED_HOSTS = env.list("WEBHOOK_ALLOWED_HOSTS", default=[])
+# A delivery that fails (an error answer, a timeout, no connection) is retried by Celery, up
+# to this many attempts in all, after a random wait of at most this many seconds, then twice
+# that, and so on (10 s, 20 s, 40 s…: six attempts take five minutes at most).
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=6)
+WEBHOOK_RETRY_BACKOFF_SECONDS = env.int("WEBHOOK_RETRY_BACKOFF_SECONDS", default=10)
+if WEBHOOK_MAX_ATTEMPTS < 1 or WEBHOOK_RETRY_BACKOFF_SECONDS < 1:
+    raise ImproperlyConfigured("WEBHOOK_MAX_ATTEMPTS and WEBHOOK_RETRY_BACKOFF_SECONDS must be at least 1.")
 
 # Production hardening: on whenever DEBUG is off, so `check --deploy` passes with
 # production variables. SECURE_SSL_REDIRECT stays configurable for a TLS-terminating proxy.

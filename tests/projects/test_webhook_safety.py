@@ -196,7 +196,7 @@ def test_a_name_rebound_to_loopback_after_saving_is_refused_at_delivery(
     delivery = WebhookDelivery.objects.create(endpoint=endpoint, event="task.status_changed", payload={})
     resolver["hooks.rebind.example.com"] = "127.0.0.1"
 
-    delivery = deliver(delivery_id=delivery.pk)  # refused for good: no retry
+    delivery = deliver(delivery_id=delivery.pk, attempt=1)  # refused for good: no retry
 
     assert receiver.requests == []
     assert (delivery.status, delivery.response_status) == ("failed", None)
@@ -211,7 +211,7 @@ def test_an_endpoint_saved_before_the_check_is_refused_at_delivery(
     endpoint = WebhookEndpoint.objects.create(project=project, url=receiver.url())
     delivery = WebhookDelivery.objects.create(endpoint=endpoint, event="task.status_changed", payload={})
 
-    delivery = deliver(delivery_id=delivery.pk)
+    delivery = deliver(delivery_id=delivery.pk, attempt=1)
 
     assert receiver.requests == []
     assert delivery.status == "failed"
@@ -236,7 +236,7 @@ def test_an_allowed_internal_receiver_gets_the_delivery_and_its_answer_is_never_
     receiver.status, receiver.body = 500, SECRET_ANSWER.encode()
 
     with pytest.raises(DeliveryFailed):
-        deliver(delivery_id=delivery.pk)
+        deliver(delivery_id=delivery.pk, attempt=1)
 
     [(headers, _body)] = receiver.requests
     assert headers["Host"] == f"receiver.internal:{receiver.port}"  # connected to the checked address
@@ -245,7 +245,7 @@ def test_an_allowed_internal_receiver_gets_the_delivery_and_its_answer_is_never_
     assert SECRET_ANSWER not in deliveries_page(client, response.json()["id"]).content.decode()
 
     receiver.status = 200
-    delivery = deliver(delivery_id=delivery.pk)
+    delivery = deliver(delivery_id=delivery.pk, attempt=2)
 
     assert len(receiver.requests) == 2
     assert (delivery.status, delivery.response_status, delivery.error) == ("delivered", 200, "")
@@ -261,7 +261,7 @@ def test_a_redirect_is_not_followed_and_fails_the_delivery(
     receiver.status, receiver.body = 302, SECRET_ANSWER.encode()
     receiver.headers = {"Location": other_receiver.url()}
 
-    delivery = deliver(delivery_id=delivery.pk)
+    delivery = deliver(delivery_id=delivery.pk, attempt=1)
 
     assert len(receiver.requests) == 1
     assert other_receiver.requests == []

@@ -65,7 +65,7 @@ def test_an_approval_is_posted_signed_to_the_projects_webhook(receiver: Receiver
     task = approve_proposal(proposal_id=proposal.pk, user=reviewer)
     delivery = WebhookDelivery.objects.get(endpoint=endpoint)
     assert delivery.event == "proposal.approved"
-    deliver(delivery_id=delivery.pk)
+    deliver(delivery_id=delivery.pk, attempt=1)
     headers, body = receiver.requests[0]
     expected = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
     assert hmac.compare_digest(headers["X-Tasktracker-Signature"], expected)
@@ -83,7 +83,7 @@ def test_a_task_status_change_is_posted(receiver: Receiver) -> None:
     WebhookEndpoint.objects.create(project=task.project, url=receiver.url, events=["task.status_changed"])
     update_task(task=task, user=lead, status="in_progress")
     delivery = WebhookDelivery.objects.get()
-    deliver(delivery_id=delivery.pk)
+    deliver(delivery_id=delivery.pk, attempt=1)
     assert json.loads(receiver.requests[0][1])["data"]["task"]["status"] == "in_progress"
 
 
@@ -101,16 +101,16 @@ def test_a_failing_receiver_is_retried_then_given_up_and_logged(receiver: Receiv
     task = TaskFactory()
     endpoint = WebhookEndpoint.objects.create(project=task.project, url=receiver.url)
     delivery = WebhookDelivery.objects.create(endpoint=endpoint, event="task.status_changed", payload={})
-    for _ in range(2):
+    for attempt in (1, 2):
         with pytest.raises(DeliveryFailed):
-            deliver(delivery_id=delivery.pk)
+            deliver(delivery_id=delivery.pk, attempt=attempt)
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts, delivery.response_status) == ("pending", 2, 500)
-    give_up(delivery_id=delivery.pk)
+    give_up(delivery_id=delivery.pk, attempt=2)
     delivery.refresh_from_db()
     assert delivery.status == "failed"
     receiver.status = 200
-    assert deliver(delivery_id=delivery.pk).status == "failed"  # given up: not sent again
+    assert deliver(delivery_id=delivery.pk, attempt=3).status == "failed"  # given up: not sent again
     assert len(receiver.requests) == 2
 
 
@@ -141,7 +141,7 @@ def test_the_admin_sends_a_failed_delivery_again(admin_client, django_capture_on
     task = TaskFactory()
     endpoint = WebhookEndpoint.objects.create(project=task.project, url="https://hooks.example.com/x")
     delivery = WebhookDelivery.objects.create(endpoint=endpoint, event="task.status_changed", payload={})
-    give_up(delivery_id=delivery.pk)
+    give_up(delivery_id=delivery.pk, attempt=1)
     with django_capture_on_commit_callbacks() as callbacks:
         response = admin_client.post(
             "/admin/projects/webhookdelivery/",
