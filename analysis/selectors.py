@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from analysis.models import AnalysisRun
 from projects import access
-from projects.models import Project
+from projects.models import Project, ProjectConfig
 from proposals.models import TaskProposal
 
 User = AbstractBaseUser | AnonymousUser
@@ -113,3 +113,20 @@ def finished_run_notices(user: User, *, now: datetime | None = None, limit: int 
     )
     shown = list(runs[:limit])
     return RunNotices(runs=shown, more=shown[0].matching - len(shown) if shown else 0)
+
+
+def recent_runs_of_project(project: Project, *, limit: int = 10) -> list[AnalysisRun]:
+    """The project's latest analysis runs, each with the version of this project it used
+    (`run.project_configs`)."""
+    runs = (
+        AnalysisRun.objects.filter(projects=project)
+        .order_by("-created_at")
+        .prefetch_related(
+            Prefetch(
+                "config_versions",
+                queryset=ProjectConfig.objects.filter(project=project),
+                to_attr="project_configs",
+            )
+        )
+    )
+    return list(runs[:limit])

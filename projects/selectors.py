@@ -346,20 +346,6 @@ def tasks_visible_to(user: User) -> QuerySet[Task]:
     return access.scope(Task.objects.select_related("project", "assignee"), user)
 
 
-def recent_runs(project: Project, *, limit: int = 10) -> list[Any]:
-    """The project's latest analysis runs, each with the version of this project it used
-    (`run.project_configs`). Read through the reverse relation: `projects` imports no
-    `analysis` module."""
-    runs = project.analysis_runs.order_by("-created_at").prefetch_related(
-        Prefetch(
-            "config_versions",
-            queryset=ProjectConfig.objects.filter(project=project),
-            to_attr="project_configs",
-        )
-    )
-    return list(runs[:limit])
-
-
 def chat_choices(user: User | None, project: Project | None) -> QuerySet[Chat]:
     """The chats a user may choose for a project's configuration (`access.addable_chats`)."""
     return access.addable_chats(user, project).order_by("title", "telegram_id")

@@ -23,7 +23,6 @@ from projects.selectors import (
     open_tasks,
     project_detail,
     projects_visible_to,
-    recent_runs,
     tasks_of_project,
     tasks_visible_to,
     team_drifted,
@@ -98,7 +97,6 @@ def project_page(request: HttpRequest, slug: str) -> HttpResponse:
         "members": members,
         "tasks": tasks[:OPEN_TASKS_SHOWN],
         "open_task_count": tasks.count(),
-        "runs": recent_runs(project),
         "can_edit": access.can(request.user, project, access.Action.CONFIGURE),
         "team_drifted": team_drifted(project, config),
     }

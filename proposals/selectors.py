@@ -7,7 +7,6 @@ from typing import Any
 
 from django.db.models import Count, Prefetch, Q, QuerySet, prefetch_related_objects
 
-from agents.models import TaskConfig
 from projects import access
 from projects.models import Project, ProjectMembership, Task
 from proposals.models import HIGH_CONFIDENCE, MEDIUM_CONFIDENCE, ReviewEvent, TaskProposal
@@ -113,12 +112,25 @@ def triage_list(queue: QuerySet[TaskProposal], *, limit: int) -> list[TaskPropos
     return rows
 
 
-def guidelines_of(proposal: TaskProposal | None) -> Any:
-    """The task config that the proposal's run extracted with: its instructions are the
-    reviewer's guidelines. One query; None for a proposal made by hand."""
+@dataclass(frozen=True)
+class Guidelines:
+    name: str
+    instructions: str
+
+
+def guidelines_of(proposal: TaskProposal | None) -> Guidelines | None:
+    """The instructions of the task config that the proposal's run extracted with: the
+    reviewer's guidelines. One query, through the run's relations (`proposals` imports no
+    module of `analysis` or `agents`); None for a proposal made by hand."""
     if proposal is None or proposal.run_id is None:
         return None
-    return TaskConfig.objects.filter(assignments__runs=proposal.run_id).only("name", "instructions").first()
+    config = "run__assignment__task_config__"
+    row = (
+        TaskProposal.objects.filter(pk=proposal.pk)
+        .values_list(f"{config}name", f"{config}instructions")
+        .first()
+    )
+    return Guidelines(*row) if row else None
 
 
 def duplicate_candidates(

@@ -1,0 +1,16 @@
+"""Template tags of `analysis` for other apps' pages: the project page shows its recent runs
+without `projects` importing `analysis` (dependencies point down: analysis → projects)."""
+
+from typing import Any
+
+from django import template
+
+from analysis.selectors import recent_runs_of_project
+
+register = template.Library()
+
+
+@register.inclusion_tag("analysis/_recent_runs.html")
+def recent_runs(project: Any, limit: int = 10) -> dict[str, Any]:
+    """A table of the project's latest runs, each with the version of the project it used."""
+    return {"runs": recent_runs_of_project(project, limit=limit)}
