@@ -5,14 +5,18 @@ from agents.crypto import decrypt, encrypt
 from agents.validators import validate_json_schema, validate_llm_base_url
 
 
+# The choices of LLMProvider's fields, at module level so that its constraints can name their values.
+class LLMProviderHealth(models.TextChoices):
+    PENDING = "pending", "Pending"
+    VALIDATING = "validating", "Validating"
+    CONNECTED = "connected", "Connected"
+    ERROR = "error", "Error"
+
+
 class LLMProvider(models.Model):
     """An OpenAI-compatible endpoint (OpenAI, Ollama, vLLM, llama.cpp server)."""
 
-    class Health(models.TextChoices):
-        PENDING = "pending", "Pending"
-        VALIDATING = "validating", "Validating"
-        CONNECTED = "connected", "Connected"
-        ERROR = "error", "Error"
+    Health = LLMProviderHealth
 
     name = models.CharField(max_length=100, unique=True)
     base_url = models.URLField(
@@ -37,7 +41,7 @@ class LLMProvider(models.Model):
         ordering = ["name"]
         constraints = [
             models.CheckConstraint(
-                condition=models.Q(health__in=["pending", "validating", "connected", "error"]),
+                condition=models.Q(health__in=LLMProviderHealth.values),
                 name="provider_health_valid",
             ),
             models.CheckConstraint(

@@ -115,27 +115,35 @@ class ProjectConfig(models.Model):
         return f"{self.major}.{self.minor}.{self.patch}"
 
 
+# The choices of Task's fields, at module level so that its constraints can name their values.
+class TaskStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    IN_PROGRESS = "in_progress", "In progress"
+    DONE = "done", "Done"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class TaskPriority(models.TextChoices):
+    LOW = "low", "Low"
+    MEDIUM = "medium", "Medium"
+    HIGH = "high", "High"
+    CRITICAL = "critical", "Critical"
+
+
+class TaskCategory(models.TextChoices):
+    BUG = "bug", "Bug"
+    FEATURE = "feature", "Feature"
+    IMPROVEMENT = "improvement", "Improvement"
+    QUESTION = "question", "Question"
+    CHORE = "chore", "Chore"
+
+
 class Task(models.Model):
     """A task of a project, usually born from an approved proposal (see `proposals`)."""
 
-    class Status(models.TextChoices):
-        OPEN = "open", "Open"
-        IN_PROGRESS = "in_progress", "In progress"
-        DONE = "done", "Done"
-        CANCELLED = "cancelled", "Cancelled"
-
-    class Priority(models.TextChoices):
-        LOW = "low", "Low"
-        MEDIUM = "medium", "Medium"
-        HIGH = "high", "High"
-        CRITICAL = "critical", "Critical"
-
-    class Category(models.TextChoices):
-        BUG = "bug", "Bug"
-        FEATURE = "feature", "Feature"
-        IMPROVEMENT = "improvement", "Improvement"
-        QUESTION = "question", "Question"
-        CHORE = "chore", "Chore"
+    Status = TaskStatus
+    Priority = TaskPriority
+    Category = TaskCategory
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks")
     title = models.CharField(max_length=300)
@@ -158,15 +166,15 @@ class Task(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.CheckConstraint(
-                condition=models.Q(status__in=["open", "in_progress", "done", "cancelled"]),
+                condition=models.Q(status__in=TaskStatus.values),
                 name="task_status_valid",
             ),
             models.CheckConstraint(
-                condition=models.Q(priority__in=["low", "medium", "high", "critical"]),
+                condition=models.Q(priority__in=TaskPriority.values),
                 name="task_priority_valid",
             ),
             models.CheckConstraint(
-                condition=models.Q(category__in=["bug", "feature", "improvement", "question", "chore"]),
+                condition=models.Q(category__in=TaskCategory.values),
                 name="task_category_valid",
             ),
         ]

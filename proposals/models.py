@@ -8,20 +8,26 @@ HIGH_CONFIDENCE = 0.9
 MEDIUM_CONFIDENCE = 0.7
 
 
+# The choices of TaskProposal's fields, at module level so that its constraints can name their values.
+class TaskProposalStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+    MERGED = "merged", "Merged"
+
+
+class TaskProposalRecommendation(models.TextChoices):
+    NEW_TASK = "new_task", "New task"
+    UPDATE_EXISTING = "update_existing", "Update existing"
+    MERGE = "merge", "Merge"
+    REJECT = "reject", "Reject"
+
+
 class TaskProposal(models.Model):
     """A task the LLM proposes from chat messages, waiting for a reviewer."""
 
-    class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
-        APPROVED = "approved", "Approved"
-        REJECTED = "rejected", "Rejected"
-        MERGED = "merged", "Merged"
-
-    class Recommendation(models.TextChoices):
-        NEW_TASK = "new_task", "New task"
-        UPDATE_EXISTING = "update_existing", "Update existing"
-        MERGE = "merge", "Merge"
-        REJECT = "reject", "Reject"
+    Status = TaskProposalStatus
+    Recommendation = TaskProposalRecommendation
 
     class SimilarityKind(models.TextChoices):
         SAME_MESSAGES = "same_messages", "Same messages"
@@ -97,11 +103,11 @@ class TaskProposal(models.Model):
                 name="proposal_confidence_range",
             ),
             models.CheckConstraint(
-                condition=models.Q(status__in=["pending", "approved", "rejected", "merged"]),
+                condition=models.Q(status__in=TaskProposalStatus.values),
                 name="proposal_status_valid",
             ),
             models.CheckConstraint(
-                condition=models.Q(recommendation__in=["new_task", "update_existing", "merge", "reject"]),
+                condition=models.Q(recommendation__in=TaskProposalRecommendation.values),
                 name="proposal_recommendation_valid",
             ),
             models.CheckConstraint(

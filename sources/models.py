@@ -1,15 +1,19 @@
 from django.db import models
 
 
+# The choices of Chat's fields, at module level so that its constraints can name their values.
+class ChatType(models.TextChoices):
+    PRIVATE = "private", "Private"
+    GROUP = "group", "Group"
+    SUPERGROUP = "supergroup", "Supergroup"
+    CHANNEL = "channel", "Channel"
+
+
 class Chat(models.Model):
     """A Telegram chat whose messages Tasktracker stores. Switched off, it keeps storing
     messages but no analysis reads them."""
 
-    class Type(models.TextChoices):
-        PRIVATE = "private", "Private"
-        GROUP = "group", "Group"
-        SUPERGROUP = "supergroup", "Supergroup"
-        CHANNEL = "channel", "Channel"
+    Type = ChatType
 
     telegram_id = models.BigIntegerField(unique=True)
     title = models.CharField(max_length=255, blank=True)
@@ -25,7 +29,7 @@ class Chat(models.Model):
         ordering = ["title"]
         constraints = [
             models.CheckConstraint(
-                condition=models.Q(type__in=["private", "group", "supergroup", "channel"]),
+                condition=models.Q(type__in=ChatType.values),
                 name="chat_type_valid",
             )
         ]
