@@ -1,4 +1,5 @@
-"""The API of the `analysis` app: runs, their batches and usage; start, cancel, retry."""
+"""The API of the `analysis` app: runs, their batches and usage; start, cancel, retry,
+requeue stalled batches, close."""
 
 from typing import Any
 
@@ -15,7 +16,13 @@ from rest_framework.routers import SimpleRouter
 from agents.models import AgentTaskAssignment
 from analysis.models import AnalysisRun, Batch
 from analysis.selectors import can_operate_run, can_start_run_of, runs_visible_to
-from analysis.services import cancel_run, close_run, retry_failed_batches, start_run
+from analysis.services import (
+    cancel_run,
+    close_run,
+    requeue_stalled_batches,
+    retry_failed_batches,
+    start_run,
+)
 from projects import access
 from projects.models import Project
 from sources.api import AwareDateTimeField
@@ -41,6 +48,7 @@ class BatchSerializer(serializers.ModelSerializer):
             "llm_seconds",
             "cost",
             "started_at",
+            "heartbeat_at",
             "finished_at",
         ]
         read_only_fields = fields
@@ -61,6 +69,9 @@ class BatchSerializer(serializers.ModelSerializer):
             llm_seconds="Seconds spent inside LLM calls for this batch.",
             cost="Cost of this batch's calls at the provider's prices per 1,000 tokens.",
             started_at="When a worker last took the batch; null if none has yet.",
+            heartbeat_at="When the worker holding the batch last said it is alive (every third of the "
+            "batch lease while the LLM answers). A running batch whose heartbeat is older than the lease "
+            "(BATCH_LEASE_SECONDS, 60 s by default) has stalled: its worker is gone.",
             finished_at="When the batch last ended, done or failed; null if it has not yet.",
         )
 
@@ -281,6 +292,28 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     def retry(self, request: Request, pk: str) -> Response:
         run = self._operable()
         retry_failed_batches(run=run)
+        return Response(
+            RunSerializer(self.get_queryset().get(pk=run.pk)).data, status=status.HTTP_202_ACCEPTED
+        )
+
+    @extend_schema(
+        summary="Queue a running run's stalled batches again",
+        description="Batches still running whose worker sent no heartbeat for longer than the batch "
+        "lease (its worker died) are pending again and queued now, rather than when the periodic "
+        "resume_stale_runs task finds them (every 30 s). A run with no stalled batch is a 400, a run "
+        "not running a 409. Staff, or a lead of every project of the run.",
+        request=None,
+        responses={
+            202: RunSerializer,
+            400: OpenApiResponse(description="No batch of the run has stalled."),
+            403: OpenApiResponse(description="Neither staff nor a lead of every project of the run."),
+            409: OpenApiResponse(description="The run is not running."),
+        },
+    )
+    @action(detail=True, methods=["post"], url_path="requeue-stalled")
+    def requeue_stalled(self, request: Request, pk: str) -> Response:
+        run = self._operable()
+        requeue_stalled_batches(run=run)
         return Response(
             RunSerializer(self.get_queryset().get(pk=run.pk)).data, status=status.HTTP_202_ACCEPTED
         )

@@ -124,8 +124,12 @@ class Batch(UsageFields):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     # The Celery task id that holds the batch: a redelivery of the same task may take it
-    # over after its worker died; any other task may not.
+    # over after its worker died; any other task may not. A claim is this id with the
+    # attempt it counted, so a holder whose batch was taken over commits nothing.
     claim_id = models.CharField(max_length=64, blank=True)
+    # Renewed by the holder while it works: a running batch whose heartbeat is older than
+    # BATCH_LEASE_SECONDS lost its worker, and `resume_stale_runs` releases it.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     error_kind = models.CharField(max_length=32, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -32,8 +32,12 @@ def process_batch_task(self: Task, batch_id: int) -> None:
 
 @shared_task(name="analysis.resume_stale_runs")
 def resume_stale_runs_task() -> int:
-    """Periodic (beat): re-queue the work of runs whose workers died mid-batch."""
-    return services.resume_stale_runs(lease_seconds=settings.CELERY_TASK_TIME_LIMIT)
+    """Periodic (beat, every 30 s): re-queue the work of runs whose workers died: batches
+    whose heartbeat is older than the batch lease (BATCH_LEASE_SECONDS), and runs whose
+    planning outlived any task (the task time limit)."""
+    return services.resume_stale_runs(
+        lease_seconds=settings.BATCH_LEASE_SECONDS, planning_lease_seconds=settings.CELERY_TASK_TIME_LIMIT
+    )
 
 
 @shared_task(name="analysis.start_scheduled_runs")

@@ -10,5 +10,6 @@ urlpatterns = [
     path("runs/<int:run_id>/state/", views.run_state_json, name="run-state"),
     path("runs/<int:run_id>/cancel/", views.run_cancel, name="run-cancel"),
     path("runs/<int:run_id>/retry/", views.run_retry, name="run-retry"),
+    path("runs/<int:run_id>/requeue/", views.run_requeue, name="run-requeue"),
     path("runs/<int:run_id>/close/", views.run_close, name="run-close"),
 ]

@@ -11,7 +11,14 @@ from django.views.decorators.http import require_POST
 from analysis.forms import NewRunForm
 from analysis.models import AnalysisRun
 from analysis.selectors import can_operate_run, can_start_runs, runs_visible_to
-from analysis.services import cancel_run, close_run, retry_failed_batches, run_state, start_run
+from analysis.services import (
+    cancel_run,
+    close_run,
+    requeue_stalled_batches,
+    retry_failed_batches,
+    run_state,
+    start_run,
+)
 from proposals.models import TaskProposal
 from tasktracker.exceptions import DomainError
 
@@ -108,6 +115,19 @@ def run_retry(request: HttpRequest, run_id: int) -> HttpResponse:
     try:
         count = retry_failed_batches(run=run)
         messages.success(request, f"{count} failed batch(es) queued again.")
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    return redirect("analysis:run-detail", run_id=run.pk)
+
+
+@login_required
+@require_POST
+def run_requeue(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Queue a running run's stalled batches again now (`requeue_stalled_batches`)."""
+    run = _operate(request, run_id)
+    try:
+        count = requeue_stalled_batches(run=run)
+        messages.success(request, f"{count} stalled batch(es) queued again.")
     except DomainError as exc:
         messages.error(request, exc.message)
     return redirect("analysis:run-detail", run_id=run.pk)

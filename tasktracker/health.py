@@ -1,4 +1,12 @@
-"""/healthz: the state of the database, Redis and the Celery workers; 503 when one is down."""
+"""/healthz: the state of the database, Redis and the Celery workers; 503 when one is down.
+
+It also counts the stalled batches (`stalled_batches`: running, their worker sent no
+heartbeat for longer than BATCH_LEASE_SECONDS), for an operator or a monitor to alert on,
+without turning a 200 into a 503: what answers 503 is taken out of rotation or restarted
+(compose's healthcheck, a load balancer), and neither would help. The work of a dead
+worker is queued again by `resume_stale_runs` and by the run page's requeue action; a
+count that stays above 0 says that beat or every worker is down.
+"""
 
 import logging
 from collections.abc import Callable
@@ -10,6 +18,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from analysis.services import stalled_batches
 from tasktracker.celery import app as celery_app
 
 logger = logging.getLogger(__name__)
@@ -42,6 +51,15 @@ def check_workers() -> dict:
     return {"workers": workers}
 
 
+def count_stalled_batches() -> int | None:
+    """The stalled batches of running runs; None when they could not be counted."""
+    try:
+        return stalled_batches().count()
+    except Exception as exc:  # a health check reports every failure, it never raises
+        logger.warning("Counting stalled batches failed: %s", exc)
+        return None
+
+
 def _run(check: Callable[[], dict]) -> dict:
     try:
         return {"ok": True, **check()}
@@ -59,6 +77,10 @@ def healthz(request: HttpRequest) -> JsonResponse:
     else:  # the workers are reached through Redis: without it they cannot answer
         checks["workers"] = {"ok": False, "error": "Redis is down"}
     healthy = all(check["ok"] for check in checks.values())
-    return JsonResponse(
-        {"status": "ok" if healthy else "error", "checks": checks}, status=200 if healthy else 503
-    )
+    body = {
+        "status": "ok" if healthy else "error",
+        "checks": checks,
+        "stalled_batches": count_stalled_batches() if checks["database"]["ok"] else None,
+        "batch_lease_seconds": settings.BATCH_LEASE_SECONDS,
+    }
+    return JsonResponse(body, status=200 if healthy else 503)

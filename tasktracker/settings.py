@@ -205,6 +205,12 @@ if CELERY_TASK_SOFT_TIME_LIMIT <= LLM_TIMEOUT_SECONDS * 4:
     raise ImproperlyConfigured("CELERY_TASK_TIME_LIMIT must leave room for several LLM calls.")
 # A batch tried this many times (its worker died each time) is failed, not queued forever.
 ANALYSIS_MAX_BATCH_ATTEMPTS = env.int("ANALYSIS_MAX_BATCH_ATTEMPTS", default=3)
+# A running batch's worker renews its heartbeat every third of this lease while it waits on
+# the LLM; `resume_stale_runs` (beat, every 30 s) releases a batch whose heartbeat is older
+# and queues it again. So a killed worker stalls a run about this long, not the time limit.
+BATCH_LEASE_SECONDS = env.float("BATCH_LEASE_SECONDS", default=60.0)
+if BATCH_LEASE_SECONDS <= 0:
+    raise ImproperlyConfigured("BATCH_LEASE_SECONDS must be positive.")
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT * 2}
@@ -220,8 +226,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE = {
     # Work of a dead worker is redelivered after the visibility timeout; this picks it up
-    # sooner (a batch's claim outlives its task's time limit only when its worker died).
-    "resume-stale-runs": {"task": "analysis.resume_stale_runs", "schedule": 300.0},
+    # sooner: a batch whose heartbeat is older than BATCH_LEASE_SECONDS, within 30 s of that.
+    "resume-stale-runs": {"task": "analysis.resume_stale_runs", "schedule": 30.0},
     "start-scheduled-runs": {"task": "analysis.start_scheduled_runs", "schedule": 60.0},
 }
 

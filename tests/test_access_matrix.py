@@ -100,6 +100,21 @@ def _project_rows(name: str, lead: Any, team: list[dict[str, Any]], assignment: 
         window_start=now - timedelta(days=60),
         window_end=now - timedelta(days=59),
     )
+    stalled_run = AnalysisRunFactory(
+        assignment=assignment,
+        projects=[project],
+        status=AnalysisRun.Status.RUNNING,
+        window_start=now - timedelta(days=90),
+        window_end=now - timedelta(days=89),
+    )
+    BatchFactory(
+        run=stalled_run,
+        index=0,
+        status=Batch.Status.RUNNING,
+        claim_id="gone",
+        started_at=now - timedelta(hours=1),
+        heartbeat_at=now - timedelta(hours=1),
+    )
     second_proposal = TaskProposalFactory(
         run=None, project=project, title=f"{name} proposal two", confidence=0.7
     )
@@ -124,6 +139,7 @@ def _project_rows(name: str, lead: Any, team: list[dict[str, Any]], assignment: 
         run=pending_run,
         failed_run=failed_run,
         completed_run=completed_run,
+        stalled_run=stalled_run,
         batch=batch,
         proposal=proposal,
         second_proposal=second_proposal,
@@ -319,6 +335,9 @@ API: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/runs/{id}/batches/"): Rule(row="failed_run"),
     ("POST", "/api/v1/runs/{id}/cancel/"): Rule(row="run", body=lambda p, r: {}, may=LEADS),
     ("POST", "/api/v1/runs/{id}/close/"): Rule(row="completed_run", body=lambda p, r: {}, may=LEADS),
+    ("POST", "/api/v1/runs/{id}/requeue-stalled/"): Rule(
+        row="stalled_run", body=lambda p, r: {}, may=LEADS, ok=202
+    ),
     ("POST", "/api/v1/runs/{id}/retry/"): Rule(row="failed_run", body=lambda p, r: {}, may=LEADS, ok=202),
     ("GET", "/api/v1/tasks/"): Rule(lists="task"),
     ("GET", "/api/v1/tasks/{id}/"): Rule(row="task"),
@@ -538,6 +557,7 @@ PAGES: dict[tuple[str, str], PageRule] = {
     ("analysis:run-cancel", "POST"): PageRule(row="run", data=lambda c, p, r: {}, may=LEADS, ok=302),
     ("analysis:run-retry", "POST"): PageRule(row="failed_run", data=lambda c, p, r: {}, may=LEADS, ok=302),
     ("analysis:run-close", "GET"): PageRule(row="completed_run", may=LEADS),
+    ("analysis:run-requeue", "POST"): PageRule(row="stalled_run", data=lambda c, p, r: {}, may=LEADS, ok=302),
     ("analysis:run-close", "POST"): PageRule(row="completed_run", data=lambda c, p, r: {}, may=LEADS, ok=302),
     ("projects:project-list", "GET"): PageRule(
         lists="project", marker=lambda row: reverse("projects:project-detail", args=[row.slug]), may=EVERYONE

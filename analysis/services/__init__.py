@@ -1,9 +1,11 @@
 """The analysis lifecycle: start, fetch, prefilter, batch, process, complete, cancel, retry.
 
 A run is resumable and spread over workers: each batch is a Celery task of its own that
-claims its `Batch` row, calls the LLM outside any transaction, then commits the batch
-with its proposals and the run's counters in one transaction. The batch that commits
-last completes the run, decided by a conditional UPDATE in the database.
+claims its `Batch` row, calls the LLM outside any transaction (renewing the batch's
+heartbeat meanwhile), then commits the batch with its proposals and the run's counters
+in one transaction. The batch that commits last completes the run, decided by a
+conditional UPDATE in the database. A batch whose heartbeat stops (its worker died) is
+released and queued again by `resume_stale_runs`, or at once by `requeue_stalled_batches`.
 
 `runs` holds a run's status changes, events and operator actions; `batches` the pipeline.
 """
@@ -29,9 +31,11 @@ from analysis.services.runs import (
     fail_run,
     finish_run_if_done,
     parse_schedule,
+    requeue_stalled_batches,
     resume_stale_runs,
     retry_failed_batches,
     run_state,
+    stalled_batches,
     start_run,
     start_scheduled_runs,
     transition_run,
@@ -54,10 +58,12 @@ __all__ = [
     "plan_run",
     "process_batch",
     "read_answer",
+    "requeue_stalled_batches",
     "resume_stale_runs",
     "retry_failed_batches",
     "run_state",
     "save_proposals",
+    "stalled_batches",
     "start_run",
     "start_scheduled_runs",
     "to_pipeline",

@@ -1,20 +1,23 @@
 """The pipeline of a run: fetch, prefilter and batch its messages once (`plan_run`), then
 for each batch claim it, ask the LLM and commit the batch with its proposals.
 
-A batch's LLM call happens outside any transaction; its commit is one transaction whose
-queries do not grow with the number of messages or proposals.
+A batch's LLM call happens outside any transaction, while a thread renews the batch's
+heartbeat (`heartbeat`); its commit is one transaction whose queries do not grow with the
+number of messages or proposals.
 """
 
 import logging
+import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F, Q, Subquery
+from django.db import connection, transaction
+from django.db.models import F, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from agents.llm import LLMError, LLMUsage, complete_json
@@ -126,6 +129,10 @@ def claim_batch(*, batch_id: int, claim_id: str) -> Batch | None:
     died) and announce it (`batch_started`, numbered with the run's other events, sent on
     commit). A batch tried `ANALYSIS_MAX_BATCH_ATTEMPTS` times is failed instead of tried again.
 
+    The claim is `claim_id` with the attempt it counts (the returned batch's `attempts`):
+    its heartbeat and its commit hold only while both are the batch's, so a delivery that
+    took the batch over (even one of the same task) leaves the old holder nothing to commit.
+
     The claim is one UPDATE whose WHERE tests the batch row's own columns (the run's status
     through a plain subquery on `run_id`, no join), so PostgreSQL re-checks the batch's
     condition on the row's newest version when two deliveries race (a join would make
@@ -135,11 +142,13 @@ def claim_batch(*, batch_id: int, claim_id: str) -> Batch | None:
     claimable = Q(status=Batch.Status.PENDING) | Q(status=Batch.Status.RUNNING, claim_id=claim_id)
     running = AnalysisRun.objects.filter(status=Status.RUNNING).values("pk")
     with transaction.atomic():
+        now = timezone.now()
         claimed = Batch.objects.filter(claimable, pk=batch_id, run_id__in=Subquery(running)).update(
             status=Batch.Status.RUNNING,
             claim_id=claim_id,
             attempts=F("attempts") + 1,
-            started_at=timezone.now(),
+            started_at=now,
+            heartbeat_at=now,
         )
         if not claimed:
             return None
@@ -157,6 +166,52 @@ def claim_batch(*, batch_id: int, claim_id: str) -> Batch | None:
             return None
         emit(batch.run_id, "batch_started")
     return batch
+
+
+def _held(*, batch: Batch, claim_id: str) -> QuerySet[Batch]:
+    """The batch's row while this claim holds it: running, with its claim id and attempt."""
+    return Batch.objects.filter(
+        pk=batch.pk, status=Batch.Status.RUNNING, claim_id=claim_id, attempts=batch.attempts
+    )
+
+
+@contextmanager
+def heartbeat(*, batch: Batch, claim_id: str) -> Iterator[None]:
+    """Renew a claimed batch's `heartbeat_at` every third of `BATCH_LEASE_SECONDS` while the
+    block runs (the LLM call, however long it waits for a provider slot or retries), so a
+    batch stalls only when its worker is gone, whatever the task time limit.
+
+    A daemon thread with its own database connection bumps it with an UPDATE conditional on
+    the claim; it stops when the block ends, or when the claim is no longer the batch's
+    (released as stalled, taken over): then the holder's commit is refused as well. A failed
+    renewal (the database busy or away) is logged and tried again at the next beat.
+    """
+    stop = threading.Event()
+    interval = settings.BATCH_LEASE_SECONDS / 3
+
+    def beat() -> None:
+        try:
+            while not stop.wait(interval):
+                try:
+                    renewed = _held(batch=batch, claim_id=claim_id).update(heartbeat_at=timezone.now())
+                except Exception:
+                    logger.exception("Renewing the heartbeat of batch %s failed", batch.pk)
+                    continue
+                if not renewed:
+                    logger.warning("Batch %s is no longer held by %s: no more heartbeat", batch.pk, claim_id)
+                    return
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=beat, name=f"batch-{batch.pk}-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        # Not waited for long: a renewal still waiting on a lock the commit will need must
+        # not hold the commit up, and one that lands after the commit matches no row.
+        thread.join(timeout=1.0)
 
 
 @dataclass(frozen=True)
@@ -206,7 +261,8 @@ def batch_prompt(*, run: AnalysisRun, messages: Sequence[Message]) -> BatchPromp
 
 def process_batch(*, batch_id: int, claim_id: str) -> None:
     """Ask the LLM for the batch's proposals and commit them with the batch. A failure
-    of the LLM or a malformed answer fails this batch only."""
+    of the LLM or a malformed answer fails this batch only. The batch's heartbeat is
+    renewed while the LLM answers (`heartbeat`)."""
     batch = claim_batch(batch_id=batch_id, claim_id=claim_id)
     if batch is None:
         return
@@ -217,21 +273,22 @@ def process_batch(*, batch_id: int, claim_id: str) -> None:
     }
     prompt = batch_prompt(run=run, messages=[messages[pk] for pk in batch.message_ids if pk in messages])
     try:
-        result = complete_json(
-            provider=agent.provider,
-            model=agent.model,
-            system_prompt=prompt.system,
-            user_prompt=prompt.user,
-            schema=task_config.response_schema,
-            request_schema=batch_schema(task_config.response_schema, len(prompt.lines)),
-            schema_name="proposals",
-            temperature=agent.temperature,
-            max_output_tokens=agent.max_output_tokens,
-        )
-        # Read before the commit's transaction, which holds SQLite's write lock.
-        proposals, rejected = read_answer(
-            run=run, answer=result.data, messages=messages, numbers=prompt.numbers
-        )
+        with heartbeat(batch=batch, claim_id=claim_id):
+            result = complete_json(
+                provider=agent.provider,
+                model=agent.model,
+                system_prompt=prompt.system,
+                user_prompt=prompt.user,
+                schema=task_config.response_schema,
+                request_schema=batch_schema(task_config.response_schema, len(prompt.lines)),
+                schema_name="proposals",
+                temperature=agent.temperature,
+                max_output_tokens=agent.max_output_tokens,
+            )
+            # Read before the commit's transaction, which holds SQLite's write lock.
+            proposals, rejected = read_answer(
+                run=run, answer=result.data, messages=messages, numbers=prompt.numbers
+            )
     except LLMError as exc:
         _commit_batch(batch=batch, claim_id=claim_id, usage=exc.usage, error=exc.message, kind=exc.kind)
         return
@@ -261,9 +318,11 @@ def _commit_batch(
     `proposals_created` when it made some, then the run's completion when it was the last.
     Its queries do not depend on the number of messages or proposals."""
     failed = bool(error)
-    # The claim's holder alone commits: the UPDATE is conditional on the claim, and locks
-    # the batch's row for the rest of the transaction.
-    held = Batch.objects.filter(pk=batch.pk, status=Batch.Status.RUNNING, claim_id=claim_id).update(
+    # The claim's holder alone commits: the UPDATE is conditional on the claim (its task id
+    # and attempt), and locks the batch's row for the rest of the transaction. A holder
+    # whose batch was released as stalled and taken over, even by a redelivery of its own
+    # task, matches no row: the batch's proposals are saved once.
+    held = _held(batch=batch, claim_id=claim_id).update(
         status=Batch.Status.FAILED if failed else Batch.Status.DONE,
         error=error or "; ".join(rejected),
         error_kind=kind,
@@ -275,8 +334,9 @@ def _commit_batch(
         cost=F("cost") + usage.cost,
     )
     if not held:
-        # Another delivery holds or finished the batch (its claim was released as stale
+        # Another delivery holds or finished the batch (its claim was released as stalled
         # and taken over): nothing counts twice.
+        logger.warning("Batch %s is no longer held by %s: its outcome is dropped", batch.pk, claim_id)
         return
     run = batch.run
     created = [] if failed else save_proposals(run=run, batch=batch, proposals=proposals)

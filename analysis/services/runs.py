@@ -4,14 +4,16 @@
 """
 
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from celery.schedules import ParseException, crontab
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import Case, CharField, Count, F, Q, TextField, Value, When
+from django.db.models import Case, CharField, Count, F, Q, QuerySet, TextField, Value, When
 from django.utils import timezone
 
 from agents.models import AgentTaskAssignment
@@ -93,8 +95,15 @@ def run_state(run: AnalysisRun) -> dict[str, Any]:
 
     Complete (the run's counters and every batch's state), so a page re-renders from the
     newest one it has. Costs one query (the batches), whatever their number.
+
+    A running run's batches whose worker stopped renewing their heartbeat are listed
+    (`stalled_indexes`), counted, explained, and offered to its operators to requeue;
+    nothing sends an event when a worker dies, so the page asks again within `lease_seconds`.
     """
     done_percent, failed_percent = _progress_parts(run)
+    rows = _batch_rows(run_id=run.pk)
+    stale_before = _stale_before(settings.BATCH_LEASE_SECONDS) if run.status == Status.RUNNING else None
+    stalled = [row["index"] for row in rows if _is_stalled(row, stale_before)]
     return {
         "id": run.pk,
         "status": run.status,
@@ -121,14 +130,23 @@ def run_state(run: AnalysisRun) -> dict[str, Any]:
         "can_cancel": Status.CANCELLED in AnalysisRun.TRANSITIONS[run.status],
         "can_retry": run.status in (Status.COMPLETED, Status.FAILED) and run.batches_failed > 0,
         "can_close": run.status == Status.COMPLETED,
+        "can_requeue": bool(stalled),
+        "stalled_batches": len(stalled),
+        "stalled_indexes": stalled,
+        "stalled_notice": _stalled_notice(len(stalled)),
+        "lease_seconds": settings.BATCH_LEASE_SECONDS,
         "prefilter_summary": f"Dropped by the prefilter: {_dropped(run)}." if run.prefilter_stats else "",
-        "batches": batch_states(run_id=run.pk),
+        "batches": [_batch_state(row) for row in rows],
     }
 
 
 def batch_states(*, run_id: int) -> list[dict[str, Any]]:
     """Every batch of a run as its page's table shows it, in index order, in one query."""
-    rows = (
+    return [_batch_state(row) for row in _batch_rows(run_id=run_id)]
+
+
+def _batch_rows(*, run_id: int) -> list[dict[str, Any]]:
+    return list(
         Batch.objects.filter(run_id=run_id)
         .order_by("index")
         .annotate(proposal_count=Count("proposals"))
@@ -142,22 +160,44 @@ def batch_states(*, run_id: int) -> list[dict[str, Any]]:
             "error",
             "error_kind",
             "proposal_count",
+            "heartbeat_at",
+            "started_at",
         )
     )
-    return [
-        {
-            "index": row["index"],
-            "status": row["status"],
-            "messages": len(row["message_ids"]),
-            "tokens": row["token_count"],
-            "proposals": row["proposal_count"],
-            "attempts": row["attempts"],
-            "llm_seconds": round(row["llm_seconds"], 3),
-            "error": row["error"],
-            "error_kind": row["error_kind"],
-        }
-        for row in rows
-    ]
+
+
+def _batch_state(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "index": row["index"],
+        "status": row["status"],
+        "messages": len(row["message_ids"]),
+        "tokens": row["token_count"],
+        "proposals": row["proposal_count"],
+        "attempts": row["attempts"],
+        "llm_seconds": round(row["llm_seconds"], 3),
+        "error": row["error"],
+        "error_kind": row["error_kind"],
+    }
+
+
+def _is_stalled(row: dict[str, Any], stale_before: datetime | None) -> bool:
+    """`_stalled`, for a batch's row already read."""
+    if stale_before is None or row["status"] != Batch.Status.RUNNING:
+        return False
+    beat = row["heartbeat_at"] or row["started_at"]
+    return beat is not None and beat < stale_before
+
+
+def _stalled_notice(stalled: int) -> str:
+    if not stalled:
+        return ""
+    lease = f"{settings.BATCH_LEASE_SECONDS:g}"
+    batches = "1 batch has" if stalled == 1 else f"{stalled} batches have"
+    return (
+        f"{batches} stalled: their worker sent no heartbeat for over {lease} s (it died or lost the"
+        " database). Stalled batches are queued again every 30 s by the resume_stale_runs task when"
+        " Celery beat runs; Requeue stalled batches does it now."
+    )
 
 
 def _progress_parts(run: AnalysisRun) -> tuple[int, int]:
@@ -364,31 +404,118 @@ def fail_run(*, run_id: int, error: str) -> None:
             emit(run_id, "run_failed")
 
 
-def resume_stale_runs(*, lease_seconds: float) -> int:
+# Stalled batches: running, but their worker stopped renewing their heartbeat
+
+
+def _stale_before(lease_seconds: float) -> datetime:
+    return timezone.now() - timedelta(seconds=lease_seconds)
+
+
+def _stalled(lease_seconds: float) -> Q:
+    """Running batches whose heartbeat is older than `lease_seconds` (a batch claimed before
+    heartbeats existed counts from its claim)."""
+    stale = _stale_before(lease_seconds)
+    return Q(status=Batch.Status.RUNNING) & (
+        Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True, started_at__lt=stale)
+    )
+
+
+def stalled_batches(*, lease_seconds: float | None = None) -> QuerySet[Batch]:
+    """The batches of running runs that have stalled: their worker sent no heartbeat for
+    longer than `lease_seconds` (`BATCH_LEASE_SECONDS`). What `resume_stale_runs` releases,
+    and what the run page and /healthz count."""
+    lease = settings.BATCH_LEASE_SECONDS if lease_seconds is None else lease_seconds
+    return Batch.objects.filter(_stalled(lease), run__status=Status.RUNNING)
+
+
+def _release_stalled(batches: QuerySet[Batch], *, lease_seconds: float) -> dict[int, list[int]]:
+    """Put the stalled ones of `batches` back to pending with no claim, so that the next
+    delivery takes them (their old holder's heartbeat and commit then match no row), and
+    tell their runs' pages. Returns the released batches' ids by run; the caller queues them.
+
+    The rows are locked and their condition re-tested on their newest version; a row its
+    holder is renewing or committing right now is skipped (it is not stalled)."""
+    released: dict[int, list[int]] = defaultdict(list)
+    stalled = batches.filter(_stalled(lease_seconds))
+    if not stalled.exists():  # the common case, without SQLite's write lock
+        return {}
+    with transaction.atomic():
+        rows = (
+            stalled.order_by("pk")
+            .select_for_update(skip_locked=True, of=("self",))
+            .values_list("pk", "run_id")
+        )
+        for batch_id, run_id in rows:
+            released[run_id].append(batch_id)
+        if released:
+            Batch.objects.filter(pk__in=[pk for pks in released.values() for pk in pks]).update(
+                status=Batch.Status.PENDING, claim_id=""
+            )
+            for run_id in released:
+                emit(run_id, "progress_updated")
+    for run_id, ids in released.items():
+        logger.warning(
+            "Run %s: released stalled batches %s (no heartbeat for %s s)", run_id, ids, lease_seconds
+        )
+    return dict(released)
+
+
+@transaction.atomic
+def requeue_stalled_batches(*, run: AnalysisRun) -> int:
+    """Release a running run's stalled batches (`stalled_batches`) and queue them again now,
+    rather than at the next `resume_stale_runs`, with the run's pending batches (their dead
+    worker may have reserved some). Returns how many stalled batches were released; refuses
+    a run that is not running (409) or has no stalled batch (400)."""
+    released = _release_stalled(
+        Batch.objects.filter(run_id=run.pk, run__status=Status.RUNNING),
+        lease_seconds=settings.BATCH_LEASE_SECONDS,
+    ).get(run.pk, [])
+    if not released:
+        status = AnalysisRun.objects.filter(pk=run.pk).values_list("status", flat=True).get()
+        if status != Status.RUNNING:
+            raise DomainError(
+                f"Run {run.pk} is {status}; only a running run's batches stall.",
+                code="not_running",
+                status=409,
+            )
+        raise DomainError(f"Run {run.pk} has no stalled batches.", code="no_stalled_batches")
+    pending = list(run.batches.filter(status=Batch.Status.PENDING).values_list("pk", flat=True))
+    transaction.on_commit(lambda: [tasks.process_batch_task.delay(pk) for pk in pending])
+    return len(released)
+
+
+def resume_stale_runs(*, lease_seconds: float, planning_lease_seconds: float | None = None) -> int:
     """Queue again the unfinished work of running runs whose workers died.
 
-    A batch claimed longer than `lease_seconds` ago (longer than any task may run) is
-    released: its worker is gone. Every pending batch of a running run is queued again
-    (a batch already in the queue is then claimed by one delivery only), and a pending
-    run that never began is started again. Returns the number of batches queued.
+    A running batch whose heartbeat is older than `lease_seconds` is released: its worker
+    is gone (`stalled_batches`). Then every pending batch of a running run is queued again,
+    the released ones and the others: a dead worker also loses the messages it had
+    reserved and not begun, which the broker gives back only after its visibility timeout.
+    A batch also still in the queue is claimed by one delivery only. When no worker was
+    found dead, only the pending batches of runs with no sign of life for
+    `planning_lease_seconds` (default `lease_seconds`: no batch renewed or finished since,
+    nor the run begun) are queued again, in case their messages were lost otherwise: this
+    runs every 30 s, and queueing a waiting run's batches each time would flood the queue
+    with copies. A run still pending, or running unplanned, that long after it was created
+    is started again. Returns the number of batches queued.
     """
-    stale = timezone.now() - timedelta(seconds=lease_seconds)
-    Batch.objects.filter(
-        run__status=Status.RUNNING, status=Batch.Status.RUNNING, started_at__lt=stale
-    ).update(status=Batch.Status.PENDING, claim_id="")
-    pending = list(
-        Batch.objects.filter(run__status=Status.RUNNING, status=Batch.Status.PENDING).values_list(
-            "pk", flat=True
+    released = _release_stalled(Batch.objects.filter(run__status=Status.RUNNING), lease_seconds=lease_seconds)
+    quiet_since = _stale_before(lease_seconds if planning_lease_seconds is None else planning_lease_seconds)
+    pending = Batch.objects.filter(run__status=Status.RUNNING, status=Batch.Status.PENDING)
+    if not released:
+        alive = Batch.objects.filter(
+            Q(heartbeat_at__gte=quiet_since) | Q(finished_at__gte=quiet_since), run__status=Status.RUNNING
         )
-    )
-    for batch_id in pending:
+        pending = pending.filter(run__started_at__lt=quiet_since).exclude(run_id__in=alive.values("run_id"))
+    queued = list(pending.order_by("pk").values_list("pk", flat=True))
+    for batch_id in queued:
         tasks.process_batch_task.delay(batch_id)
     stuck_runs = AnalysisRun.objects.filter(
-        Q(status=Status.PENDING) | Q(status=Status.RUNNING, batches_total=0), created_at__lt=stale
+        Q(status=Status.PENDING) | Q(status=Status.RUNNING, batches_total=0), created_at__lt=quiet_since
     ).values_list("pk", flat=True)
     for run_id in stuck_runs:
         tasks.run_analysis_task.delay(run_id)
-    return len(pending)
+    return len(queued)
 
 
 def parse_schedule(expression: str) -> crontab:

@@ -2,7 +2,9 @@
 // events newer than it. Every event carries the run's whole state (its counters and every
 // batch), so the page re-renders from the newest one and ignores older ones that arrive
 // late. A gap in the numbers, or a dropped connection, reloads the snapshot, so a lost
-// event never leaves a wrong screen.
+// event never leaves a wrong screen. A worker that dies sends no event at all: while
+// batches run, a quiet page reloads the snapshot every half batch lease, so a batch that
+// stalled shows as such.
 (function () {
   "use strict";
   const root = document.getElementById("run");
@@ -16,14 +18,22 @@
   let retry = 500;
   let reloading = null;
   let again = false;
+  let recheck = null;
 
-  function cell(column, batch) {
+  function cell(column, batch, stalled) {
     const td = document.createElement("td");
     if (column === "status") {
       const badge = document.createElement("span");
       badge.className = "badge " + batch.status;
       badge.textContent = batch.status;
       td.append(badge);
+      if (stalled) {
+        const note = document.createElement("span");
+        note.className = "badge stalled";
+        note.title = "No heartbeat from its worker for over " + root.dataset.leaseSeconds + " s";
+        note.textContent = "stalled";
+        td.append(" ", note);
+      }
     } else {
       if (column === "error") td.className = "error-text";
       td.textContent = batch[column];
@@ -32,11 +42,13 @@
   }
 
   function renderBatches(state) {
+    const stalled = new Set(state.stalled_indexes);
     const rows = state.batches.map((batch) => {
       const tr = document.createElement("tr");
       tr.dataset.batch = batch.index;
       tr.dataset.status = batch.status;
-      tr.append(...batchColumns.map((column) => cell(column, batch)));
+      if (stalled.has(batch.index)) tr.dataset.stalled = "";
+      tr.append(...batchColumns.map((column) => cell(column, batch, stalled.has(batch.index))));
       return tr;
     });
     if (!rows.length) {
@@ -53,6 +65,7 @@
   }
 
   function render(state) {
+    root.dataset.leaseSeconds = state.lease_seconds;
     for (const el of root.querySelectorAll("[data-field]")) {
       const name = el.dataset.field;
       if (name in state) {
@@ -67,6 +80,13 @@
     renderBatches(state);
     for (const action of root.querySelectorAll("[data-show]")) action.hidden = !state[action.dataset.show];
     root.dataset.status = state.status;
+    checkAgainLater(state);
+  }
+
+  function checkAgainLater(state) {
+    clearTimeout(recheck);
+    if (finished.has(state.status) || !state.batches.some((batch) => batch.status === "running")) return;
+    recheck = setTimeout(reload, Math.max(1, state.lease_seconds / 2) * 1000);
   }
 
   function apply(state) {
