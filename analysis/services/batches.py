@@ -33,11 +33,14 @@ from analysis.models import AnalysisRun, Batch
 from analysis.pipeline import PipelineMessage, create_batches, prefilter_messages
 from analysis.services.runs import (
     FINISH_EVENTS,
+    REQUEUE_DELAY_SECONDS,
+    REQUEUED_KINDS,
     RUN_STATE_FIELDS,
     _announce,
     _finish_if_done,
     emit,
     finish_run_if_done,
+    queue_batch_later,
 )
 from projects.models import Project
 from proposals.models import TaskProposal
@@ -290,6 +293,8 @@ def process_batch(*, batch_id: int, claim_id: str) -> None:
                 run=run, answer=result.data, messages=messages, numbers=prompt.numbers
             )
     except LLMError as exc:
+        if exc.kind in REQUEUED_KINDS and _put_back(batch=batch, claim_id=claim_id, error=exc):
+            return
         _commit_batch(batch=batch, claim_id=claim_id, usage=exc.usage, error=exc.message, kind=exc.kind)
         return
     except Exception as exc:
@@ -300,6 +305,41 @@ def process_batch(*, batch_id: int, claim_id: str) -> None:
         )
         return
     _commit_batch(batch=batch, claim_id=claim_id, usage=result.usage, proposals=proposals, rejected=rejected)
+
+
+def _usage_added(usage: LLMUsage) -> dict[str, Any]:
+    """A batch's or run's usage counters plus `usage`, as UPDATE expressions."""
+    return {
+        "llm_calls": F("llm_calls") + usage.calls,
+        "prompt_tokens": F("prompt_tokens") + usage.prompt_tokens,
+        "completion_tokens": F("completion_tokens") + usage.completion_tokens,
+        "llm_seconds": F("llm_seconds") + usage.latency_seconds,
+        "cost": F("cost") + usage.cost,
+    }
+
+
+def _put_back(*, batch: Batch, claim_id: str, error: LLMError) -> bool:
+    """Put a batch whose call failed for a passing reason (`REQUEUED_KINDS`: Redis, which
+    holds the provider's limits, was down longer than the gateway's retries) back in the
+    queue, to be tried again in `REQUEUE_DELAY_SECONDS`, keeping its usage and the reason.
+    False when it has had its `ANALYSIS_MAX_BATCH_ATTEMPTS`: it fails then, and retrying
+    failed batches tries it again. Should the broker be down too, `resume_stale_runs` queues
+    it (`requeued_batches`)."""
+    if batch.attempts >= settings.ANALYSIS_MAX_BATCH_ATTEMPTS:
+        return False
+    with transaction.atomic():
+        held = _held(batch=batch, claim_id=claim_id).update(
+            status=Batch.Status.PENDING,
+            claim_id="",
+            error=f"{error.message} Tried again in {REQUEUE_DELAY_SECONDS} s.",
+            error_kind=error.kind,
+            **_usage_added(error.usage),
+        )
+        if held:
+            AnalysisRun.objects.filter(pk=batch.run_id).update(**_usage_added(error.usage))
+            transaction.on_commit(lambda: queue_batch_later(batch.pk, delay=REQUEUE_DELAY_SECONDS))
+    logger.warning("Batch %s of run %s put back in the queue: %s", batch.pk, batch.run_id, error.message)
+    return True
 
 
 @transaction.atomic
@@ -327,11 +367,7 @@ def _commit_batch(
         error=error or "; ".join(rejected),
         error_kind=kind,
         finished_at=timezone.now(),
-        llm_calls=F("llm_calls") + usage.calls,
-        prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
-        completion_tokens=F("completion_tokens") + usage.completion_tokens,
-        llm_seconds=F("llm_seconds") + usage.latency_seconds,
-        cost=F("cost") + usage.cost,
+        **_usage_added(usage),
     )
     if not held:
         # Another delivery holds or finished the batch (its claim was released as stalled
@@ -345,12 +381,8 @@ def _commit_batch(
         batches_done=F("batches_done") + (0 if failed else 1),
         batches_failed=F("batches_failed") + (1 if failed else 0),
         proposals_created=F("proposals_created") + len(created),
-        llm_calls=F("llm_calls") + usage.calls,
-        prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
-        completion_tokens=F("completion_tokens") + usage.completion_tokens,
-        llm_seconds=F("llm_seconds") + usage.latency_seconds,
-        cost=F("cost") + usage.cost,
         event_seq=F("event_seq") + len(events),
+        **_usage_added(usage),
     )
     if not failed:
         # A reply's parent repeated at the head of the next batch is already there.

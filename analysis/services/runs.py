@@ -428,6 +428,29 @@ def stalled_batches(*, lease_seconds: float | None = None) -> QuerySet[Batch]:
     return Batch.objects.filter(_stalled(lease), run__status=Status.RUNNING)
 
 
+# A batch whose LLM call failed for one of these passing reasons goes back to the queue by
+# itself, this much later (`process_batch`): Redis, which holds the provider's limits, was
+# down for longer than the gateway's own retries.
+REQUEUED_KINDS = frozenset({"limiter_unavailable"})
+REQUEUE_DELAY_SECONDS = 30
+
+
+def queue_batch_later(batch_id: int, *, delay: float) -> None:
+    """Queue a batch again in `delay` seconds. The broker may be down with Redis: the batch
+    then waits, pending, for `resume_stale_runs` (`requeued_batches`)."""
+    try:
+        tasks.process_batch_task.apply_async((batch_id,), countdown=delay)
+    except Exception:
+        logger.warning("Batch %s could not be queued again now; resume_stale_runs will", batch_id)
+
+
+def requeued_batches() -> QuerySet[Batch]:
+    """Pending batches of running runs that were put back for a passing reason."""
+    return Batch.objects.filter(
+        run__status=Status.RUNNING, status=Batch.Status.PENDING, error_kind__in=REQUEUED_KINDS
+    )
+
+
 def _release_stalled(batches: QuerySet[Batch], *, lease_seconds: float) -> dict[int, list[int]]:
     """Put the stalled ones of `batches` back to pending with no claim, so that the next
     delivery takes them (their old holder's heartbeat and commit then match no row), and
@@ -443,16 +466,23 @@ def _release_stalled(batches: QuerySet[Batch], *, lease_seconds: float) -> dict[
         rows = (
             stalled.order_by("pk")
             .select_for_update(skip_locked=True, of=("self",))
-            .values_list("pk", "run_id")
+            .values_list("pk", "run_id", "started_at", "heartbeat_at")
         )
-        for batch_id, run_id in rows:
+        for batch_id, run_id, started_at, heartbeat_at in rows:
             released[run_id].append(batch_id)
-        if released:
-            Batch.objects.filter(pk__in=[pk for pks in released.values() for pk in pks]).update(
-                status=Batch.Status.PENDING, claim_id=""
-            )
-            for run_id in released:
-                emit(run_id, "progress_updated")
+            # The LLM call its dead worker was making counts: one call, for as long as it was
+            # seen alive. A renewed heartbeat says a call was under way (renewals happen only
+            # during calls); one cut in its first third of a lease is not seen.
+            seconds = (heartbeat_at - started_at).total_seconds() if heartbeat_at and started_at else 0.0
+            calling = seconds > 0
+            interrupted = {
+                "llm_calls": F("llm_calls") + int(calling),
+                "llm_seconds": F("llm_seconds") + seconds,
+            }
+            Batch.objects.filter(pk=batch_id).update(status=Batch.Status.PENDING, claim_id="", **interrupted)
+            AnalysisRun.objects.filter(pk=run_id).update(**interrupted)
+        for run_id in released:
+            emit(run_id, "progress_updated")
     for run_id, ids in released.items():
         logger.warning(
             "Run %s: released stalled batches %s (no heartbeat for %s s)", run_id, ids, lease_seconds
@@ -497,7 +527,9 @@ def resume_stale_runs(*, lease_seconds: float, planning_lease_seconds: float | N
     nor the run begun) are queued again, in case their messages were lost otherwise: this
     runs every 30 s, and queueing a waiting run's batches each time would flood the queue
     with copies. A run still pending, or running unplanned, that long after it was created
-    is started again. Returns the number of batches queued.
+    is started again. Batches put back for a passing reason (`requeued_batches`) are queued
+    too, in case the broker was down when they were put back. Returns the number of batches
+    queued.
     """
     released = _release_stalled(Batch.objects.filter(run__status=Status.RUNNING), lease_seconds=lease_seconds)
     quiet_since = _stale_before(lease_seconds if planning_lease_seconds is None else planning_lease_seconds)
@@ -507,7 +539,7 @@ def resume_stale_runs(*, lease_seconds: float, planning_lease_seconds: float | N
             Q(heartbeat_at__gte=quiet_since) | Q(finished_at__gte=quiet_since), run__status=Status.RUNNING
         )
         pending = pending.filter(run__started_at__lt=quiet_since).exclude(run_id__in=alive.values("run_id"))
-    queued = list(pending.order_by("pk").values_list("pk", flat=True))
+    queued = sorted({*pending.values_list("pk", flat=True), *requeued_batches().values_list("pk", flat=True)})
     for batch_id in queued:
         tasks.process_batch_task.delay(batch_id)
     stuck_runs = AnalysisRun.objects.filter(

@@ -133,19 +133,51 @@ def test_an_unreachable_limiter_is_retried_then_a_transient_error(
     assert [m.split(" on attempt")[0] for m in retries] == [f"{provider.name}: limiter_unavailable"] * 2
 
 
-def test_a_batch_whose_limiter_is_down_fails_retryably_with_that_reason(
+def test_a_batch_whose_limiter_is_down_goes_back_to_the_queue_then_is_done(
     fake_openai: FakeOpenAI, settings
 ) -> None:
     settings.LLM_MAX_ATTEMPTS = 2
     setup = make_setup(fake_openai.base_url, budget=10_000, lines=LINES)
     run, batch_id = planned_batch(setup)
+    redis_url = settings.REDIS_URL
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
 
-    services.process_batch(batch_id=batch_id, claim_id="test")
+    services.process_batch(batch_id=batch_id, claim_id="first")
+
+    batch = Batch.objects.get(pk=batch_id)
+    assert (batch.status, batch.error_kind, batch.attempts) == (
+        Batch.Status.PENDING,
+        "limiter_unavailable",
+        1,
+    )
+    assert "Redis" in batch.error and "Tried again in 30 s" in batch.error
+    run.refresh_from_db()
+    assert run.status == AnalysisRun.Status.RUNNING
+    assert batch_id in services.requeued_batches().values_list("pk", flat=True)
+
+    settings.REDIS_URL = redis_url  # Redis is back.
+    services.process_batch(batch_id=batch_id, claim_id="second")
+
+    batch.refresh_from_db()
+    assert (batch.status, batch.error) == (Batch.Status.DONE, "")
+    run.refresh_from_db()
+    assert (run.status, run.batches_failed) == (AnalysisRun.Status.COMPLETED, 0)
+
+
+def test_a_batch_whose_limiter_stays_down_fails_retryably_after_its_attempts(
+    fake_openai: FakeOpenAI, settings
+) -> None:
+    settings.LLM_MAX_ATTEMPTS = 1
+    settings.ANALYSIS_MAX_BATCH_ATTEMPTS = 2
+    setup = make_setup(fake_openai.base_url, budget=10_000, lines=LINES)
+    run, batch_id = planned_batch(setup)
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+
+    for attempt in range(2):
+        services.process_batch(batch_id=batch_id, claim_id=f"attempt-{attempt}")
 
     batch = Batch.objects.get(pk=batch_id)
     assert (batch.status, batch.error_kind) == (Batch.Status.FAILED, "limiter_unavailable")
-    assert "Redis" in batch.error
     run.refresh_from_db()
     assert run.status == AnalysisRun.Status.FAILED
     assert services.retry_failed_batches(run=run) == 1

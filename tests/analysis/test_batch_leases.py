@@ -367,3 +367,34 @@ def test_requeueing_is_refused_to_whoever_may_not_operate_the_run(role: str, exp
     assert api.post(f"/api/v1/runs/{run.pk}/requeue-stalled/").status_code == expected
     stalled.refresh_from_db()
     assert (stalled.status, stalled.claim_id) == (Batch.Status.RUNNING, "dead")
+
+
+@pytest.mark.django_db
+def test_the_call_a_dead_worker_was_making_counts_when_its_batch_is_released(fake_openai) -> None:
+    setup = make_setup(fake_openai.base_url)
+    run = start_run(
+        window_start=WINDOW_START,
+        window_end=WINDOW_END,
+        projects=[setup["project"]],
+        assignment=setup["assignment"],
+    )
+    celery_app.control.purge()
+    begin_run(run_id=run.pk)
+    batch_id = plan_run(run_id=run.pk)[0]
+    now = timezone.now()
+    Batch.objects.filter(pk=batch_id).update(
+        status=Batch.Status.RUNNING,
+        claim_id="dead",
+        attempts=1,
+        started_at=now - timedelta(minutes=10),
+        heartbeat_at=now - timedelta(minutes=8),
+    )
+
+    resume_stale_runs(lease_seconds=60)
+
+    batch = Batch.objects.get(pk=batch_id)
+    run.refresh_from_db()
+    assert (batch.status, batch.llm_calls) == (Batch.Status.PENDING, 1)
+    assert batch.llm_seconds == pytest.approx(120, abs=1)
+    assert (run.llm_calls, run.llm_seconds) == (1, pytest.approx(120, abs=1))
+    celery_app.control.purge()
