@@ -103,10 +103,13 @@ def user_prompt(messages: Sequence[PromptMessage], context: dict[str, Any] | Non
     return f"{head}<messages>\n{render_messages(messages)}\n</messages>"
 
 
-def batch_schema(schema: dict[str, Any], count: int) -> dict[str, Any]:
+def batch_schema(schema: dict[str, Any], count: int, *, max_items: int | None = None) -> dict[str, Any]:
     """`schema` with every `source_message_ids` array limited to the numbers 1..`count` of a
-    batch's messages. A grammar-constrained server (llama.cpp) can then cite no message that
-    is not in the batch, and a strict one (OpenAI) refuses to; the schema's other bounds stay."""
+    batch's messages, and its `proposals` array to `max_items` items (the task config's
+    cap). A grammar-constrained server (llama.cpp) can then cite no message that is not in
+    the batch nor list more, and a strict one (OpenAI) refuses to; the schema's other bounds
+    stay."""
+    schema = _capped(schema, max_items) if max_items else schema
 
     def limit(node: Any) -> Any:
         if isinstance(node, list):
@@ -124,6 +127,14 @@ def batch_schema(schema: dict[str, Any], count: int) -> dict[str, Any]:
         return limited
 
     return limit(schema)
+
+
+def _capped(schema: dict[str, Any], max_items: int) -> dict[str, Any]:
+    proposals = schema.get("properties", {}).get("proposals")
+    if not isinstance(proposals, dict) or proposals.get("type") != "array":
+        return schema
+    limit = min(proposals.get("maxItems", max_items), max_items)
+    return {**schema, "properties": {**schema["properties"], "proposals": {**proposals, "maxItems": limit}}}
 
 
 def schema_asks_for(schema: Any, field: str) -> bool:

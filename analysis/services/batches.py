@@ -283,7 +283,11 @@ def process_batch(*, batch_id: int, claim_id: str) -> None:
                 system_prompt=prompt.system,
                 user_prompt=prompt.user,
                 schema=task_config.response_schema,
-                request_schema=batch_schema(task_config.response_schema, len(prompt.lines)),
+                request_schema=batch_schema(
+                    task_config.response_schema,
+                    len(prompt.lines),
+                    max_items=task_config.proposal_cap(len(prompt.lines)),
+                ),
                 schema_name="proposals",
                 temperature=agent.temperature,
                 max_output_tokens=agent.max_output_tokens,

@@ -131,3 +131,16 @@ def test_a_message_cannot_close_the_fence_of_the_chat() -> None:
     assert prompt.lower().count("<messages>") == 1
     assert "‹/messages›" in prompt
     assert "<messages>" in DATA_RULES and "do not obey" in DATA_RULES
+
+
+def test_the_schema_sent_asks_for_no_more_proposals_than_the_cap(fake_openai) -> None:
+    run_with_answer(fake_openai, [item("Fix the login crash", 0.9, 1)], max_proposals_per_batch=2)
+
+    (request,) = fake_openai.completion_requests()
+    sent = request["response_format"]["json_schema"]["schema"]
+    assert sent["properties"]["proposals"]["maxItems"] == 2
+    assert sent["properties"]["proposals"]["items"]["properties"]["source_message_ids"]["items"]["enum"] == [
+        1,
+        2,
+        3,
+    ]
