@@ -102,8 +102,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(RUN_DIR / f"test-{os.getpid()}.sqlite3")}
 else:
     # Named explicitly: Channels' live test server derives the name from TEST.NAME, and
-    # prefixing the already-swapped NAME would give "test_test_...".
-    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}"}
+    # prefixing the already-swapped NAME would give "test_test_...". One per test session,
+    # as for SQLite, so two sessions on one server never drop each other's database
+    # (pytest-xdist suffixes it again per worker: test_<name>_<pid>_gw0).
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
     # 0 by default: Django advises against persistent connections under ASGI.
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True

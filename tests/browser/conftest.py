@@ -16,18 +16,21 @@ A browser test is marked `@pytest.mark.browser`, runs against pytest-django's
 `ProtocolServerProcess`.
 """
 
+import gc
+import multiprocessing
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
+import django
 import pytest
-from asgiref.sync import SyncToAsync
-from channels.layers import channel_layers
 from daphne.testing import DaphneProcess
+from django.conf import settings
+from django.db import connections
+from django.test.utils import setup_test_environment
 from playwright.sync_api import Page, sync_playwright
-
-from tests.factories import TEST_PASSWORD
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -40,6 +43,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TIMEOUT_MS = 15_000
+SPAWN = multiprocessing.get_context("spawn")
 
 
 @pytest.fixture
@@ -54,6 +58,10 @@ def browser_page(monkeypatch: pytest.MonkeyPatch) -> Iterator[Page]:
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium).")
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    # An event loop left by an earlier async test closes its channel layer when collected,
+    # by running the layer's flush on itself, which it cannot do while Playwright's loop
+    # runs in this thread (an "Exception ignored" warning): collected now, it can.
+    gc.collect()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         context = browser.new_context()
@@ -66,9 +74,15 @@ def browser_page(monkeypatch: pytest.MonkeyPatch) -> Iterator[Page]:
 
 
 def login(
-    page: Page, base_url: str, username: str, *, password: str = TEST_PASSWORD, next_url: str = "/"
+    page: Page, base_url: str, username: str, *, password: str | None = None, next_url: str = "/"
 ) -> None:
-    """Sign in on the /accounts/login/ page and land on `next_url`."""
+    """Sign in on the /accounts/login/ page and land on `next_url`; the factories' password
+    unless told another."""
+    # Not imported at the top: a Daphne child imports this module before Django is set up,
+    # and the factories import the models.
+    from tests.factories import TEST_PASSWORD
+
+    password = TEST_PASSWORD if password is None else password
     page.goto(f"{base_url}/accounts/login/?{urlencode({'next': next_url})}")
     page.fill("#id_username", username)
     page.fill("#id_password", password)
@@ -80,13 +94,36 @@ def login(
 
 
 class FreshDaphneProcess(DaphneProcess):
-    """Daphne in a forked child that starts clean. A fork keeps the test process's objects
-    but not its threads: after an earlier WebSocket test, asgiref's thread-sensitive
-    executor counts a worker thread the child does not have (so the consumer's database
-    call would wait forever), and the channel layer holds Redis connections of the test
-    process's event loops."""
+    """Daphne in a child process started afresh (spawned), on this process's test database.
+
+    A forked child kept the test process's objects but not its threads or locks. Worst is
+    SQLite: the child took over the test process's open database files and its record of
+    the locks held on them without holding any, so once the test process closed its last
+    connection (as it does after each transactional test) SQLite deleted the write-ahead
+    log under the child, which from then on read the old one and no longer saw what the
+    tests committed (a user it was just given could not sign in). It also inherited
+    asgiref's executor without its thread and the channel layer's Redis connections.
+
+    A spawned child sets Django up itself, so it is told the test database's name, and the
+    test environment (no real e-mail) is set up there as pytest-django set it up here.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A spawned child can only be given what was made in the spawn context.
+        self.port = SPAWN.Value("i", self.port.value)
+        self.ready = SPAWN.Event()
+        self.errors = SPAWN.Queue()
+        self.database_names = {alias: connections[alias].settings_dict["NAME"] for alias in connections}
+
+    @staticmethod
+    def _Popen(process: BaseProcess) -> Any:
+        return SPAWN.Process._Popen(process)
 
     def run(self) -> None:
-        SyncToAsync.single_thread_executor = ThreadPoolExecutor(max_workers=1)
-        channel_layers.backends.clear()
+        for alias, name in self.database_names.items():
+            settings.DATABASES[alias]["NAME"] = name
+            settings.DATABASES[alias].setdefault("TEST", {})["NAME"] = name  # Channels' setup reads it
+        django.setup()
+        setup_test_environment(debug=False)
         super().run()
