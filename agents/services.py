@@ -12,7 +12,6 @@ from django.db import IntegrityError, transaction
 from django.db.models import Model, ProtectedError
 from django.utils import timezone
 
-from agents import tasks
 from agents.defaults import (
     DEFAULT_INSTRUCTIONS,
     DEFAULT_RESPONSE_SCHEMA,
@@ -26,11 +25,14 @@ from agents.defaults import (
 from agents.llm import LLMError, complete_json, list_models
 from agents.models import Agent, AgentTaskAssignment, LLMProvider, TaskConfig
 from agents.prompts import PromptMessage, system_prompt, user_prompt
+from tasktracker.celery import app as celery_app
 from tasktracker.exceptions import DomainError
 
 ModelT = TypeVar("ModelT", bound=Model)
 
 logger = logging.getLogger(__name__)
+# The health check, queued by its name: `agents.tasks` imports these services.
+HEALTH_TASK = "agents.check_provider_health"
 
 SAMPLE_CHAT = [
     ("Alice", "The Android app crashes right after tapping Log in on Android 14, 100% reproducible."),
@@ -80,7 +82,7 @@ def sample_messages() -> list[PromptMessage]:
 def request_provider_check(*, provider: LLMProvider) -> None:
     """Mark a provider pending and check it in the background once this transaction commits."""
     LLMProvider.objects.filter(pk=provider.pk).update(health=LLMProvider.Health.PENDING, health_error="")
-    transaction.on_commit(lambda: tasks.check_provider_health_task.delay(provider.pk))
+    transaction.on_commit(lambda: celery_app.send_task(HEALTH_TASK, args=[provider.pk]))
 
 
 def check_provider_health(*, provider_id: int) -> LLMProvider:

@@ -17,15 +17,30 @@ from django.db.models import Case, CharField, Count, F, Q, QuerySet, TextField, 
 from django.utils import timezone
 
 from agents.models import AgentTaskAssignment
-from analysis import tasks
 from analysis.consumers import run_group
 from analysis.models import AnalysisRun, Batch
 from projects.models import Project, ProjectConfig
 from proposals.models import TaskProposal, confidence_band
+from tasktracker.celery import app as celery_app
 from tasktracker.exceptions import DomainError
 from tasktracker.realtime import broadcast
 
 logger = logging.getLogger(__name__)
+
+# The analysis tasks, queued by their names: `analysis.tasks` imports the services, which
+# import no tasks module.
+RUN_TASK = "analysis.run_analysis"
+BATCH_TASK = "analysis.process_batch"
+
+
+def queue_run(run_id: int) -> None:
+    celery_app.send_task(RUN_TASK, args=[run_id])
+
+
+def queue_batch(batch_id: int, *, countdown: float | None = None) -> None:
+    celery_app.send_task(BATCH_TASK, args=[batch_id], countdown=countdown)
+
+
 Status = AnalysisRun.Status
 
 
@@ -320,7 +335,7 @@ def start_run(
     run.config_versions.set(configs)
     if chats:
         run.chats.set(chats)
-    transaction.on_commit(lambda: tasks.run_analysis_task.delay(run.pk))
+    transaction.on_commit(lambda: queue_run(run.pk))
     return run
 
 
@@ -381,7 +396,7 @@ def retry_failed_batches(*, run: AnalysisRun) -> int:
     Batch.objects.filter(pk__in=failed).update(status=Batch.Status.PENDING, attempts=0, claim_id="", error="")
     AnalysisRun.objects.filter(pk=run.pk).update(batches_failed=F("batches_failed") - len(failed))
     emit(run.pk, "run_started")
-    transaction.on_commit(lambda: [tasks.process_batch_task.delay(pk) for pk in failed])
+    transaction.on_commit(lambda: [queue_batch(pk) for pk in failed])
     return len(failed)
 
 
@@ -439,7 +454,7 @@ def queue_batch_later(batch_id: int, *, delay: float) -> None:
     """Queue a batch again in `delay` seconds. The broker may be down with Redis: the batch
     then waits, pending, for `resume_stale_runs` (`requeued_batches`)."""
     try:
-        tasks.process_batch_task.apply_async((batch_id,), countdown=delay)
+        queue_batch(batch_id, countdown=delay)
     except Exception:
         logger.warning("Batch %s could not be queued again now; resume_stale_runs will", batch_id)
 
@@ -510,7 +525,7 @@ def requeue_stalled_batches(*, run: AnalysisRun) -> int:
             )
         raise DomainError(f"Run {run.pk} has no stalled batches.", code="no_stalled_batches")
     pending = list(run.batches.filter(status=Batch.Status.PENDING).values_list("pk", flat=True))
-    transaction.on_commit(lambda: [tasks.process_batch_task.delay(pk) for pk in pending])
+    transaction.on_commit(lambda: [queue_batch(pk) for pk in pending])
     return len(released)
 
 
@@ -541,12 +556,12 @@ def resume_stale_runs(*, lease_seconds: float, planning_lease_seconds: float | N
         pending = pending.filter(run__started_at__lt=quiet_since).exclude(run_id__in=alive.values("run_id"))
     queued = sorted({*pending.values_list("pk", flat=True), *requeued_batches().values_list("pk", flat=True)})
     for batch_id in queued:
-        tasks.process_batch_task.delay(batch_id)
+        queue_batch(batch_id)
     stuck_runs = AnalysisRun.objects.filter(
         Q(status=Status.PENDING) | Q(status=Status.RUNNING, batches_total=0), created_at__lt=quiet_since
     ).values_list("pk", flat=True)
     for run_id in stuck_runs:
-        tasks.run_analysis_task.delay(run_id)
+        queue_run(run_id)
     return len(queued)
 
 

@@ -44,3 +44,18 @@ def test_the_contract_sees_an_upward_import(tmp_path: Path) -> None:
     module = tmp_path / "sneaky.py"
     module.write_text("def f():\n    from analysis.models import AnalysisRun\n", encoding="utf-8")
     assert imported_apps(module) == {"analysis"}
+
+
+@pytest.mark.parametrize("app", sorted(BELOW))
+def test_services_queue_tasks_by_name_without_importing_them(app: str) -> None:
+    """An app's tasks call its services; its services queue tasks by name, never importing
+    the tasks module (which would make the two import each other)."""
+    services = [p for p in modules_of(app) if p.stem == "services" or p.parent.name == "services"]
+    importing = [
+        str(path.relative_to(ROOT))
+        for path in services
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if (isinstance(node, ast.ImportFrom) and node.module in (app, f"{app}.tasks"))
+        and (node.module == f"{app}.tasks" or any(alias.name == "tasks" for alias in node.names))
+    ]
+    assert importing == []
