@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from channels.layers import channel_layers
 from django.conf import settings
 from django.db import connection
 from servestatic.middleware import ServeStaticMiddleware
@@ -98,6 +99,16 @@ def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[N
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                     " WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 )
+
+
+@pytest.fixture(autouse=True)
+def _channel_layer_per_test() -> Iterator[None]:
+    """Each test gets a channel layer of its own. channels-redis binds the process-wide
+    layer's locks to the event loop that first used them, and each async test runs a loop
+    of its own: a consumer of a later test then failed on a lock of an earlier test's loop
+    (whichever test a worker happened to run before it)."""
+    yield
+    channel_layers.backends.clear()
 
 
 @pytest.fixture(scope="session", autouse=True)
