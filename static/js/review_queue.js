@@ -1,8 +1,10 @@
 // The review pages' keyboard shortcuts and the queue's live notices. The pages work
 // without this file: every review is a plain form or link; this only adds keys (`?` lists
-// them) and tells the reviewer about reviews made elsewhere. On a live event it reloads the
-// queue's snapshot over HTTP, so a lost event never leaves a wrong count. Without a
-// WebSocket server (or when it goes away) it retries quietly and the page works as before.
+// them) and tells the reviewer about reviews made elsewhere, over the shared live connection
+// (live.js, loaded before this file on the queue's pages). Its events are not numbered (they
+// come from every project the reviewer reviews), so each one reloads the queue's snapshot
+// over HTTP and a lost event never leaves a wrong count. Without a WebSocket server (or when
+// it goes away) it retries quietly and the page works as before.
 (function () {
   "use strict";
 
@@ -154,22 +156,15 @@
     });
   }
 
-  async function snapshot() {
-    const url = new URL(root.dataset.stateUrl, window.location.href);
-    if (shownId) url.searchParams.set("current", shownId);
-    try {
-      const response = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
-      if (!response.ok) return;
-      const state = await response.json();
-      remaining.textContent = state.remaining;
-      if (state.current && state.current.status !== "pending" && root.dataset.proposalStatus === "pending") {
-        shownWasReviewed(state.current.status);
-      }
-    } catch (error) {
-      // Offline for a moment: the next event or reconnect reloads it.
+  function showSnapshot(state) {
+    if (leaving) return; // on its way to the next page: what it shows no longer matters
+    remaining.textContent = state.remaining;
+    if (state.current && state.current.status !== "pending" && root.dataset.proposalStatus === "pending") {
+      shownWasReviewed(state.current.status);
     }
   }
 
+  // live.js reloads the snapshot after each of these events.
   function reviewed(data) {
     if (leaving && data.id === shownId) return; // Our own review, on its way to the next page.
     const verb = past[data.action] || data.status;
@@ -180,40 +175,24 @@
     } else {
       notice(`Proposal ${data.id} was ${verb} by a colleague.`);
     }
-    snapshot();
   }
 
-  let retry = 1000;
-  function connect() {
-    let socket;
-    try {
-      const scheme = window.location.protocol === "https:" ? "wss" : "ws";
-      socket = new WebSocket(`${scheme}://${window.location.host}${root.dataset.wsPath}`);
-    } catch (error) {
-      return;
-    }
-    socket.onopen = () => {
-      retry = 1000;
-      live.textContent = "live";
-      snapshot();
-    };
-    socket.onmessage = (message) => {
-      let event;
-      try {
-        event = JSON.parse(message.data);
-      } catch (error) {
-        return;
-      }
+  Live.create({
+    socketPath: root.dataset.wsPath,
+    snapshotUrl: () => {
+      const url = new URL(root.dataset.stateUrl, window.location.href);
+      if (shownId) url.searchParams.set("current", shownId);
+      return url;
+    },
+    onSnapshot: showSnapshot,
+    onEvent: (event) => {
       if (event.event === "proposal_reviewed") reviewed(event.data);
-    };
-    socket.onclose = (event) => {
-      live.textContent = "";
-      if (leaving || event.code === 4403) return;
-      setTimeout(connect, retry);
-      retry = Math.min(retry * 2, 60000);
-    };
-    socket.onerror = () => {}; // onclose follows; nothing to show.
-  }
-
-  connect();
+    },
+    onStatus: (status) => {
+      live.textContent = status === "live" ? "live" : "";
+    },
+    keepAlive: () => !leaving,
+    firstRetry: 1000,
+    maxRetry: 60000,
+  }).connect();
 })();

@@ -1,10 +1,10 @@
-// Live run progress: load the run's snapshot over HTTP, then apply numbered WebSocket
-// events newer than it. Every event carries the run's whole state (its counters and every
-// batch), so the page re-renders from the newest one and ignores older ones that arrive
-// late. A gap in the numbers, or a dropped connection, reloads the snapshot, so a lost
-// event never leaves a wrong screen. A worker that dies sends no event at all: while
-// batches run, a quiet page reloads the snapshot every half batch lease, so a batch that
-// stalled shows as such.
+// Live run progress, over the shared live connection (live.js): the run's snapshot loaded
+// over HTTP, then numbered WebSocket events newer than it. Every event carries the run's
+// whole state (its counters and every batch), so the page re-renders from the newest one;
+// live.js drops older ones that arrive late and reloads the snapshot on a gap or a
+// reconnect, so a lost event never leaves a wrong screen. A worker that dies sends no event
+// at all: while batches run, a quiet page reloads the snapshot every half batch lease, so a
+// batch that stalled shows as such.
 (function () {
   "use strict";
   const root = document.getElementById("run");
@@ -14,10 +14,6 @@
   const batchRows = root.querySelector("#batches tbody");
   const finished = new Set(["completed", "failed", "cancelled", "closed"]);
   const batchColumns = ["index", "status", "messages", "tokens", "proposals", "attempts", "llm_seconds", "error"];
-  let seq = -1;
-  let retry = 500;
-  let reloading = null;
-  let again = false;
   let recheck = null;
 
   function cell(column, batch, stalled) {
@@ -86,72 +82,28 @@
   function checkAgainLater(state) {
     clearTimeout(recheck);
     if (finished.has(state.status) || !state.batches.some((batch) => batch.status === "running")) return;
-    recheck = setTimeout(reload, Math.max(1, state.lease_seconds / 2) * 1000);
+    recheck = setTimeout(connection.reload, Math.max(1, state.lease_seconds / 2) * 1000);
   }
 
-  function apply(state) {
-    if (state.seq < seq) return;
-    seq = state.seq;
-    render(state);
-  }
+  const statusText = { live: "live", reconnecting: "reconnecting…", closed: "" };
+  const connection = Live.create({
+    socketPath: root.dataset.wsPath,
+    snapshotUrl: root.dataset.stateUrl,
+    onSnapshot: render,
+    onEvent: (event) => render(event.data),
+    onStatus: (status) => {
+      live.textContent = statusText[status];
+    },
+    keepAlive: () => !finished.has(root.dataset.status),
+    firstRetry: 500,
+    maxRetry: 10000,
+  });
 
-  async function snapshot() {
-    const response = await fetch(root.dataset.stateUrl, { headers: { Accept: "application/json" } });
-    if (response.ok) apply(await response.json());
-  }
-
-  // One reload at a time, so a burst of gaps asks for few snapshots; but a reload asked for
-  // while one is on its way fetches again after it: the snapshot on its way may predate
-  // what the gap hides.
-  function reload() {
-    if (reloading) {
-      again = true;
-      return reloading;
-    }
-    reloading = (async () => {
-      do {
-        again = false;
-        await snapshot();
-      } while (again);
-    })().finally(() => (reloading = null));
-    return reloading;
-  }
-
-  function connect() {
-    const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const socket = new WebSocket(`${scheme}://${location.host}/ws/runs/${root.dataset.runId}/`);
-    socket.onopen = async () => {
-      retry = 500;
-      // Live once the snapshot taken after connecting is shown: events from here on apply to it.
-      try {
-        await reload();
-      } finally {
-        live.textContent = "live";
-      }
-    };
-    socket.onmessage = (message) => {
-      const event = JSON.parse(message.data);
-      if (event.seq <= seq) return; // older than what is shown: it arrived late
-      const gap = seq >= 0 && event.seq > seq + 1;
-      apply({ ...event.data, seq: event.seq });
-      if (gap) reload();
-    };
-    socket.onclose = () => {
-      if (finished.has(root.dataset.status)) {
-        live.textContent = "";
-        return;
-      }
-      live.textContent = "reconnecting…";
-      setTimeout(connect, retry);
-      retry = Math.min(retry * 2, 10000);
-    };
-  }
-
-  snapshot().then(() => {
+  connection.reload().then(() => {
     if (finished.has(root.dataset.status)) {
       live.textContent = "";
     } else {
-      connect();
+      connection.connect();
     }
   });
 })();

@@ -65,6 +65,11 @@ class TestLiveRunPage(ChannelsLiveServerTestCase):
 
     def open_run_page(self) -> tuple[AnalysisRun, list[int]]:
         run, batch_ids = self.call(planned_run, base_url=self.fake_openai.base_url)
+        # Keeps the page's sockets within the test's reach, to drop them.
+        self.page.add_init_script(
+            "window.sockets = []; window.WebSocket = class extends WebSocket {"
+            " constructor(...args) { super(...args); window.sockets.push(this); } };"
+        )
         page_url = reverse("analysis:run-detail", args=[run.pk])
         login(self.page, self.live_server_url, "alice", next_url=page_url)
         expect(self.page.locator("#live")).to_have_text("live")
@@ -136,4 +141,17 @@ class TestLiveRunPage(ChannelsLiveServerTestCase):
         self.send(run, "batch_started", shown, seq=shown["seq"] + 1)
         self.page.wait_for_timeout(500)
         expect(self.row(0)).to_have_attribute("data-status", "failed")
+        assert self.page.evaluate("window.sameDocument") is True
+
+    def test_a_dropped_connection_reconnects_and_reloads_the_snapshot(self) -> None:
+        _, batch_ids = self.open_run_page()
+        # A change whose event is lost, then the connection drops: only the snapshot the page
+        # reloads once it is back can tell it.
+        Batch.objects.filter(pk=batch_ids[0]).update(status=Batch.Status.FAILED, error="Sent while away")
+        self.page.evaluate("window.sockets[0].close()")
+
+        expect(self.row(0)).to_have_attribute("data-status", "failed")
+        expect(self.row(0).locator("td.error-text")).to_have_text("Sent while away")
+        expect(self.page.locator("#live")).to_have_text("live")
+        assert self.page.evaluate("window.sockets.length") == 2
         assert self.page.evaluate("window.sameDocument") is True
