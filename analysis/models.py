@@ -16,16 +16,34 @@ class UsageFields(models.Model):
         abstract = True
 
 
+# The choices of the models' fields, at module level so that their constraints can name
+# their values (a `Meta` does not see its model's class body).
+class AnalysisRunStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+    CLOSED = "closed", "Closed"
+
+
+class AnalysisRunTrigger(models.TextChoices):
+    MANUAL = "manual", "Manual"
+    SCHEDULED = "scheduled", "Scheduled"
+
+
+class BatchStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
 class AnalysisRun(UsageFields):
     """One analysis of a window of chat for some projects, by one agent and task config."""
 
-    class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
-        RUNNING = "running", "Running"
-        COMPLETED = "completed", "Completed"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
-        CLOSED = "closed", "Closed"
+    Status = AnalysisRunStatus
+    Trigger = AnalysisRunTrigger
 
     # The legal moves; `analysis.services.transition_run` is the only writer of `status`.
     TRANSITIONS: dict[str, frozenset[str]] = {
@@ -37,10 +55,6 @@ class AnalysisRun(UsageFields):
         Status.CLOSED: frozenset(),
     }
     ACTIVE_STATUSES = (Status.PENDING, Status.RUNNING)
-
-    class Trigger(models.TextChoices):
-        MANUAL = "manual", "Manual"
-        SCHEDULED = "scheduled", "Scheduled"
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     window_start = models.DateTimeField()
@@ -81,16 +95,13 @@ class AnalysisRun(UsageFields):
         ordering = ["-created_at"]
         constraints = [
             models.CheckConstraint(
-                condition=models.Q(
-                    status__in=["pending", "running", "completed", "failed", "cancelled", "closed"]
-                ),
-                name="run_status_valid",
+                condition=models.Q(status__in=AnalysisRunStatus.values), name="run_status_valid"
             ),
             models.CheckConstraint(
                 condition=models.Q(window_end__gt=models.F("window_start")), name="run_window_ordered"
             ),
             models.CheckConstraint(
-                condition=models.Q(trigger__in=["manual", "scheduled"]), name="run_trigger_valid"
+                condition=models.Q(trigger__in=AnalysisRunTrigger.values), name="run_trigger_valid"
             ),
         ]
         indexes = [models.Index(fields=["status", "-created_at"], name="run_status_created_idx")]
@@ -111,11 +122,19 @@ class AnalysisRun(UsageFields):
 class Batch(UsageFields):
     """A slice of a run's kept messages that fits the agent's token budget."""
 
-    class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
+    Status = BatchStatus
+
+    # The legal moves; `analysis.services.transition_batches` is the only writer of `status`.
+    # A batch is claimed (pending -> running), then done or failed by its holder, or put
+    # back to pending (released as stalled, or its call failed for a passing reason); a
+    # running batch is claimed again by a redelivery of the task that held it when its
+    # worker died (running -> running); retrying a run's failed batches makes them pending.
+    TRANSITIONS: dict[str, frozenset[str]] = {
+        Status.PENDING: frozenset({Status.RUNNING}),
+        Status.RUNNING: frozenset({Status.RUNNING, Status.PENDING, Status.DONE, Status.FAILED}),
+        Status.DONE: frozenset(),
+        Status.FAILED: frozenset({Status.PENDING}),
+    }
 
     run = models.ForeignKey(AnalysisRun, on_delete=models.CASCADE, related_name="batches")
     index = models.PositiveIntegerField()
@@ -141,7 +160,7 @@ class Batch(UsageFields):
         constraints = [
             models.UniqueConstraint(fields=["run", "index"], name="batch_unique_index"),
             models.CheckConstraint(
-                condition=models.Q(status__in=["pending", "running", "done", "failed"]),
+                condition=models.Q(status__in=BatchStatus.values),
                 name="batch_status_valid",
             ),
         ]

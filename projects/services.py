@@ -12,7 +12,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
 from typing import Any
 
-from celery.schedules import ParseException, crontab
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
@@ -20,6 +19,7 @@ from django.utils.text import slugify
 
 from projects import access
 from projects.models import Project, ProjectConfig, ProjectMembership, Task, WebhookEndpoint
+from projects.schedules import parse_schedule
 from projects.selectors import (
     CONFIG_FIELDS,
     FIELD_LABELS,
@@ -116,28 +116,11 @@ def clean_language(value: Any) -> str:
 
 def clean_schedule(value: Any) -> str:
     """A five-field cron expression (minute hour day-of-month month day-of-week), or ""
-    for no scheduled runs. Checked with Celery's own `crontab`, as beat will read it."""
+    for no scheduled runs, its spaces collapsed. Checked by `parse_schedule`, which the
+    scheduler reads it with."""
     expression = _SPACES.sub(" ", _text(value, "schedule"))
-    if not expression:
-        return ""
-    fields = expression.split(" ")
-    if len(fields) != 5:
-        raise _invalid(
-            "schedule",
-            f"“{expression}” is not a five-field cron expression; give minute hour day-of-month "
-            "month day-of-week, e.g. 0 9 * * 1-5.",
-        )
-    minute, hour, day_of_month, month_of_year, day_of_week = fields
-    try:
-        crontab(
-            minute=minute,
-            hour=hour,
-            day_of_month=day_of_month,
-            month_of_year=month_of_year,
-            day_of_week=day_of_week,
-        )
-    except (ValueError, ParseException) as exc:
-        raise _invalid("schedule", f"“{expression}” is not a valid cron expression: {exc}") from exc
+    if expression:
+        parse_schedule(expression)
     return expression
 
 

@@ -29,6 +29,19 @@ class TaskProposal(models.Model):
     Status = TaskProposalStatus
     Recommendation = TaskProposalRecommendation
 
+    # The legal moves; `proposals.services.reviews.transition_proposal` is the only writer
+    # of `status`. A pending proposal is reviewed: approved (made a task or added to one),
+    # rejected, or merged (into another, as a duplicate of a proposal or task, or split). A
+    # rejected or merged one reopens. Undo restores the status before the last review:
+    # pending again after any of those (an approval's task is then deleted), or rejected or
+    # merged again when it undoes a reopen.
+    TRANSITIONS: dict[str, frozenset[str]] = {
+        Status.PENDING: frozenset({Status.APPROVED, Status.REJECTED, Status.MERGED}),
+        Status.APPROVED: frozenset({Status.PENDING}),
+        Status.REJECTED: frozenset({Status.PENDING}),
+        Status.MERGED: frozenset({Status.PENDING}),
+    }
+
     class SimilarityKind(models.TextChoices):
         SAME_MESSAGES = "same_messages", "Same messages"
         OVERLAPPING_MESSAGES = "overlapping_messages", "Overlapping messages"

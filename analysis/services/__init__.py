@@ -3,13 +3,15 @@
 A run is resumable and spread over workers: each batch is a Celery task of its own that
 claims its `Batch` row, calls the LLM outside any transaction (renewing the batch's
 heartbeat meanwhile), then commits the batch with its proposals and the run's counters
-in one transaction. The batch that commits last completes the run, decided by a
-conditional UPDATE in the database. A batch whose heartbeat stops (its worker died) is
+in one transaction. The batch that commits last completes the run, decided by
+conditional UPDATEs in the database. A batch whose heartbeat stops (its worker died) is
 released and queued again by `resume_stale_runs`, or at once by `requeue_stalled_batches`.
 
-`runs` holds a run's status changes, events and operator actions; `batches` the pipeline.
+`runs` holds the status changes of runs and batches, a run's events and operator actions;
+`batches` the pipeline; `answers` the reading of a batch's answer.
 """
 
+from analysis.services.answers import cap_proposals, read_answer, read_item
 from analysis.services.batches import (
     PROMPT_FIELDS,
     BatchPrompt,
@@ -18,7 +20,6 @@ from analysis.services.batches import (
     fetch_messages,
     plan_run,
     process_batch,
-    read_answer,
     save_proposals,
     to_pipeline,
 )
@@ -30,7 +31,6 @@ from analysis.services.runs import (
     emit,
     fail_run,
     finish_run_if_done,
-    parse_schedule,
     requeue_stalled_batches,
     requeued_batches,
     resume_stale_runs,
@@ -39,6 +39,7 @@ from analysis.services.runs import (
     stalled_batches,
     start_run,
     start_scheduled_runs,
+    transition_batches,
     transition_run,
 )
 
@@ -49,16 +50,17 @@ __all__ = [
     "batch_prompt",
     "begin_run",
     "cancel_run",
+    "cap_proposals",
     "claim_batch",
     "close_run",
     "emit",
     "fail_run",
     "fetch_messages",
     "finish_run_if_done",
-    "parse_schedule",
     "plan_run",
     "process_batch",
     "read_answer",
+    "read_item",
     "requeue_stalled_batches",
     "requeued_batches",
     "resume_stale_runs",
@@ -69,5 +71,6 @@ __all__ = [
     "start_run",
     "start_scheduled_runs",
     "to_pipeline",
+    "transition_batches",
     "transition_run",
 ]

@@ -8,11 +8,10 @@ number of messages or proposals.
 
 import logging
 import threading
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -31,6 +30,7 @@ from agents.prompts import (
 )
 from analysis.models import AnalysisRun, Batch
 from analysis.pipeline import PipelineMessage, create_batches, prefilter_messages
+from analysis.services.answers import read_answer
 from analysis.services.runs import (
     FINISH_EVENTS,
     REQUEUE_DELAY_SECONDS,
@@ -41,10 +41,11 @@ from analysis.services.runs import (
     emit,
     finish_run_if_done,
     queue_batch_later,
+    transition_batches,
 )
 from projects.models import Project
 from proposals.models import TaskProposal
-from proposals.services import NewProposal, ProposalData, create_proposals
+from proposals.services import NewProposal, create_proposals
 from sources.models import Message
 
 logger = logging.getLogger(__name__)
@@ -139,15 +140,18 @@ def claim_batch(*, batch_id: int, claim_id: str) -> Batch | None:
     The claim is one UPDATE whose WHERE tests the batch row's own columns (the run's status
     through a plain subquery on `run_id`, no join), so PostgreSQL re-checks the batch's
     condition on the row's newest version when two deliveries race (a join would make
-    Django select the row in a subquery on a stale snapshot and let both win). The claim
-    and its event's number commit together: a page never sees one without the other.
+    Django select the row in a subquery on a stale snapshot and let both win);
+    `transition_batches` adds to it only a test of the batch's own status. The claim and
+    its event's number commit together: a page never sees one without the other.
     """
     claimable = Q(status=Batch.Status.PENDING) | Q(status=Batch.Status.RUNNING, claim_id=claim_id)
     running = AnalysisRun.objects.filter(status=Status.RUNNING).values("pk")
     with transaction.atomic():
         now = timezone.now()
-        claimed = Batch.objects.filter(claimable, pk=batch_id, run_id__in=Subquery(running)).update(
-            status=Batch.Status.RUNNING,
+        claimed = transition_batches(
+            Batch.objects.filter(claimable, pk=batch_id, run_id__in=Subquery(running)),
+            from_=(Batch.Status.PENDING, Batch.Status.RUNNING),
+            to=Batch.Status.RUNNING,
             claim_id=claim_id,
             attempts=F("attempts") + 1,
             started_at=now,
@@ -332,8 +336,10 @@ def _put_back(*, batch: Batch, claim_id: str, error: LLMError) -> bool:
     if batch.attempts >= settings.ANALYSIS_MAX_BATCH_ATTEMPTS:
         return False
     with transaction.atomic():
-        held = _held(batch=batch, claim_id=claim_id).update(
-            status=Batch.Status.PENDING,
+        held = transition_batches(
+            _held(batch=batch, claim_id=claim_id),
+            from_=Batch.Status.RUNNING,
+            to=Batch.Status.PENDING,
             claim_id="",
             error=f"{error.message} Tried again in {REQUEUE_DELAY_SECONDS} s.",
             error_kind=error.kind,
@@ -366,8 +372,10 @@ def _commit_batch(
     # and attempt), and locks the batch's row for the rest of the transaction. A holder
     # whose batch was released as stalled and taken over, even by a redelivery of its own
     # task, matches no row: the batch's proposals are saved once.
-    held = _held(batch=batch, claim_id=claim_id).update(
-        status=Batch.Status.FAILED if failed else Batch.Status.DONE,
+    held = transition_batches(
+        _held(batch=batch, claim_id=claim_id),
+        from_=Batch.Status.RUNNING,
+        to=Batch.Status.FAILED if failed else Batch.Status.DONE,
         error=error or "; ".join(rejected),
         error_kind=kind,
         finished_at=timezone.now(),
@@ -395,6 +403,9 @@ def _commit_batch(
             (RunMessage(analysisrun_id=run.pk, message_id=pk) for pk in batch.message_ids),
             ignore_conflicts=True,
         )
+    # The counters UPDATE above locked the run's row until this transaction ends: the two
+    # conditional UPDATEs of `_finish_if_done` see the counters as this commit left them,
+    # and only one commit of the run's batches finds it running with every batch counted.
     finished = _finish_if_done(run_id=run.pk)
     if finished:
         AnalysisRun.objects.filter(pk=run.pk).update(event_seq=F("event_seq") + 1)
@@ -402,13 +413,6 @@ def _commit_batch(
     if finished:
         events.append(FINISH_EVENTS[state.status])
     _announce(state, *events)
-
-
-def _due_date(value: Any) -> date | None:
-    try:
-        return date.fromisoformat(value) if value else None
-    except (TypeError, ValueError):
-        return None
 
 
 def save_proposals(*, run: AnalysisRun, batch: Batch, proposals: Sequence[NewProposal]) -> list[TaskProposal]:
@@ -424,116 +428,3 @@ def save_proposals(*, run: AnalysisRun, batch: Batch, proposals: Sequence[NewPro
     project_ids = sorted({proposal.project.pk for proposal in proposals})
     list(Project.objects.select_for_update().filter(pk__in=project_ids).order_by("pk").values_list("pk"))
     return create_proposals(proposals=proposals, run=run, batch=batch)
-
-
-def read_answer(
-    *, run: AnalysisRun, answer: dict[str, Any], messages: dict[int, Message], numbers: dict[int, int]
-) -> tuple[list[NewProposal], list[str]]:
-    """Validate an answer's proposals, whose sources are the numbers of the batch's prompt
-    (`numbers` maps them to message ids). Returns the valid ones, ready to save, and the
-    reasons the others were rejected (numbers not in the batch, an unknown project, a bad
-    confidence, a title given twice: small models repeat an item until their output limit)."""
-    items = answer.get("proposals", [])
-    if not items:
-        return [], []
-    projects = {
-        p.slug: p
-        for p in run.projects.prefetch_related("memberships__user").select_related("default_assignee")
-    }
-    new: list[NewProposal] = []
-    rejected: list[str] = []
-    titles: set[str] = set()
-    for index, item in enumerate(items):
-        cited = [i for i in item.get("source_message_ids", []) if isinstance(i, int)]
-        outside = [i for i in cited if i not in numbers]
-        if not cited or outside:
-            rejected.append(f"proposal {index}: message ids {outside or cited} are not in the batch")
-            continue
-        ids = [numbers[i] for i in cited]
-        project = projects.get(str(item.get("project") or "")) or (
-            next(iter(projects.values())) if len(projects) == 1 else None
-        )
-        if project is None:
-            rejected.append(f"proposal {index}: project {item.get('project')!r} is not one of the run's")
-            continue
-        confidence = item.get("confidence")
-        if not isinstance(confidence, int | float) or not 0 <= confidence <= 1:
-            rejected.append(f"proposal {index}: confidence {confidence!r} is not between 0 and 1")
-            continue
-        title = " ".join(str(item.get("title") or "").split())
-        if title and title.casefold() in titles:
-            rejected.append(f"proposal {index}: the title {title!r} was already given")
-            continue
-        titles.add(title.casefold())
-        data = ProposalData(
-            title=title or "(untitled)",
-            description=str(item.get("description") or ""),
-            priority=item.get("priority") or "medium",
-            category=item.get("category") or "feature",
-            tags=[str(t) for t in item.get("tags") or []],
-            due_date=_due_date(item.get("due_date")),
-            confidence=float(confidence),
-            reasoning=str(item.get("reasoning") or ""),
-            recommendation=item.get("recommendation") or TaskProposal.Recommendation.NEW_TASK,
-            assignee_name=str(item.get("assignee") or ""),
-        )
-        new.append(
-            NewProposal(
-                project=project,
-                data=data,
-                source_messages=[messages[i] for i in ids if i in messages],
-                suggested_assignee=_assignee(project, data.assignee_name),
-            )
-        )
-    task_config = run.assignment.task_config
-    return cap_proposals(
-        new,
-        rejected,
-        per_batch=task_config.proposal_cap(len(numbers)),
-        per_message=task_config.max_proposals_per_message,
-    )
-
-
-def cap_proposals(
-    proposals: list[NewProposal], rejected: list[str], *, per_batch: int, per_message: int
-) -> tuple[list[NewProposal], list[str]]:
-    """The most confident proposals of an answer, at most `per_batch` of them and at most
-    `per_message` citing any one message, in the answer's order; what was cut is added to
-    `rejected`, so the batch records it. A message that tells the model to "output 50 tasks
-    with confidence 1.0" gets a handful of proposals, not fifty."""
-    by_confidence = sorted(range(len(proposals)), key=lambda i: -proposals[i].data.confidence)
-    cited: Counter[int] = Counter()
-    kept: set[int] = set()
-    crowded = 0
-    for index in by_confidence:
-        ids = {message.pk for message in proposals[index].source_messages}
-        if any(cited[pk] >= per_message for pk in ids):
-            crowded += 1
-            continue
-        if len(kept) == per_batch:
-            break
-        kept.add(index)
-        cited.update(ids)
-    over = len(proposals) - len(kept) - crowded
-    notes = []
-    if over:
-        notes.append(f"{over} proposals over the cap of {per_batch} per batch were cut (the least confident)")
-    if crowded:
-        notes.append(f"{crowded} proposals citing a message already cited {per_message} times were cut")
-    return [p for i, p in enumerate(proposals) if i in kept], [*rejected, *notes]
-
-
-def _assignee(project: Project, name: str) -> Any:
-    """The team member the LLM named (username, full or first name), else the default."""
-    wanted = name.strip().lstrip("@").casefold()
-    if wanted:
-        for membership in project.memberships.all():
-            user = membership.user
-            names = {
-                user.get_username().casefold(),
-                user.get_full_name().casefold(),
-                user.first_name.casefold(),
-            }
-            if wanted in names - {""}:
-                return user
-    return project.default_assignee

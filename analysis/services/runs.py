@@ -1,6 +1,7 @@
 """Runs: their status changes and events, starting, completion, operator actions, schedules.
 
-`transition_run` is the only writer of a run's `status`; `emit` numbers and sends its events.
+`transition_run` is the only writer of a run's `status`, `transition_batches` of a batch's;
+`emit` numbers and sends a run's events.
 """
 
 import logging
@@ -9,17 +10,17 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from celery.schedules import ParseException, crontab
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import Case, CharField, Count, F, Q, QuerySet, TextField, Value, When
+from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
 from agents.models import AgentTaskAssignment
 from analysis.consumers import run_group
 from analysis.models import AnalysisRun, Batch
 from projects.models import Project, ProjectConfig
+from projects.schedules import parse_schedule
 from proposals.models import TaskProposal, confidence_band
 from tasktracker.celery import app as celery_app
 from tasktracker.exceptions import DomainError
@@ -47,20 +48,53 @@ Status = AnalysisRun.Status
 # Status changes
 
 
-def transition_run(*, run_id: int, to: str, **fields: Any) -> bool:
-    """Move a run to `to` if that is a legal move from its current status, atomically.
+def transition_run(
+    *, run_id: int, to: str, from_: str | None = None, when: Q | None = None, **fields: Any
+) -> bool:
+    """Move a run to `to` if that is a legal move from its current status, atomically: one
+    UPDATE conditional on the status the move starts from (and on `when`, a condition on
+    the run's row, tested in the same UPDATE), writing `fields` with it.
 
-    Returns False when the run moved on meanwhile (another worker won); raises
-    `DomainError` when the move is illegal from the status it has.
+    The move starts from `from_` when given, else from the status the run has now. Returns
+    False when the run is not (or no longer) there or `when` does not hold (another worker
+    won, or the run moved on); raises `DomainError` (409) when the move is illegal
+    (`AnalysisRun.TRANSITIONS`), and (404) when, with no `from_`, there is no such run.
     """
-    current = AnalysisRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
+    current = from_
     if current is None:
-        raise DomainError(f"There is no run {run_id}.", code="not_found", status=404)
+        current = AnalysisRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
+        if current is None:
+            raise DomainError(f"There is no run {run_id}.", code="not_found", status=404)
     if to not in AnalysisRun.TRANSITIONS[current]:
         raise DomainError(
             f"Run {run_id} is {current}; it cannot become {to}.", code="illegal_transition", status=409
         )
-    return bool(AnalysisRun.objects.filter(pk=run_id, status=current).update(status=to, **fields))
+    rows = AnalysisRun.objects.filter(pk=run_id, status=current)
+    if when is not None:
+        rows = rows.filter(when)
+    return bool(rows.update(status=to, **fields))
+
+
+def transition_batches(
+    batches: QuerySet[Batch], *, to: str, from_: str | Sequence[str], **fields: Any
+) -> int:
+    """Move those of `batches` that are in (one of) `from_` to `to`, writing `fields` with
+    it; returns how many moved. The only writer of `Batch.status`.
+
+    Every move from `from_` to `to` must be legal (`Batch.TRANSITIONS`), else `DomainError`
+    (409), whether or not a row would move. The move is one conditional UPDATE whose WHERE
+    is `batches`' own plus the status: a caller's conditions on the row (its claim, its
+    heartbeat) are tested with it, by the database, on the row's newest version.
+    """
+    sources = [from_] if isinstance(from_, str) else list(from_)
+    illegal = [source for source in sources if to not in Batch.TRANSITIONS[source]]
+    if illegal:
+        raise DomainError(
+            f"A batch that is {' or '.join(illegal)} cannot become {to}.",
+            code="illegal_transition",
+            status=409,
+        )
+    return batches.filter(status__in=sources).update(status=to, **fields)
 
 
 def emit(run_id: int, event: str) -> None:
@@ -343,30 +377,32 @@ FINISH_EVENTS = {Status.COMPLETED: "run_completed", Status.FAILED: "run_failed"}
 
 
 def _finish_if_done(*, run_id: int) -> bool:
-    """Complete the run once every batch is done or failed (failed if none succeeded).
-    Decided by one conditional UPDATE, so exactly one batch's commit does it."""
-    none_done = Q(batches_done=0, batches_total__gt=0)
-    return bool(
-        AnalysisRun.objects.filter(
-            pk=run_id, status=Status.RUNNING, batches_total=F("batches_done") + F("batches_failed")
-        ).update(
-            status=Case(
-                When(none_done, then=Value(Status.FAILED)),
-                default=Value(Status.COMPLETED),
-                output_field=CharField(),
-            ),
-            error=Case(
-                When(none_done, then=Value("Every batch failed.")),
-                default=F("error"),
-                output_field=TextField(),
-            ),
-            finished_at=timezone.now(),
-        )
+    """Complete the running run once every batch is done or failed (failed if none
+    succeeded). Returns whether this call finished it.
+
+    Two conditional UPDATEs through `transition_run`, each testing the counters and the
+    running status in its WHERE: first the move to failed when no batch succeeded, then
+    the one to completed. Only one move out of running ever matches, so exactly one
+    batch's commit finishes the run. The caller holds the run's row lock (`_commit_batch`'s
+    counters UPDATE, `plan_run`'s SELECT FOR UPDATE) until it commits, so no other commit
+    changes the counters between the two UPDATEs.
+    """
+    all_counted = Q(batches_total=F("batches_done") + F("batches_failed"))
+    now = timezone.now()
+    return transition_run(
+        run_id=run_id,
+        from_=Status.RUNNING,
+        to=Status.FAILED,
+        when=all_counted & Q(batches_done=0, batches_total__gt=0),
+        finished_at=now,
+        error="Every batch failed.",
+    ) or transition_run(
+        run_id=run_id, from_=Status.RUNNING, to=Status.COMPLETED, when=all_counted, finished_at=now
     )
 
 
 def finish_run_if_done(*, run_id: int) -> None:
-    """`_finish_if_done`, with its event."""
+    """`_finish_if_done`, with its event. The caller holds the run's row lock."""
     if _finish_if_done(run_id=run_id):
         status = AnalysisRun.objects.filter(pk=run_id).values_list("status", flat=True).get()
         emit(run_id, FINISH_EVENTS[status])
@@ -393,7 +429,14 @@ def retry_failed_batches(*, run: AnalysisRun) -> int:
         raise DomainError(f"Run {run.pk} has no failed batches.", code="no_failed_batches")
     if not transition_run(run_id=run.pk, to=Status.RUNNING, finished_at=None, error=""):
         raise DomainError(f"Run {run.pk} changed meanwhile; reload it.", code="conflict", status=409)
-    Batch.objects.filter(pk__in=failed).update(status=Batch.Status.PENDING, attempts=0, claim_id="", error="")
+    transition_batches(
+        Batch.objects.filter(pk__in=failed),
+        from_=Batch.Status.FAILED,
+        to=Batch.Status.PENDING,
+        attempts=0,
+        claim_id="",
+        error="",
+    )
     AnalysisRun.objects.filter(pk=run.pk).update(batches_failed=F("batches_failed") - len(failed))
     emit(run.pk, "run_started")
     transaction.on_commit(lambda: [queue_batch(pk) for pk in failed])
@@ -494,7 +537,13 @@ def _release_stalled(batches: QuerySet[Batch], *, lease_seconds: float) -> dict[
                 "llm_calls": F("llm_calls") + int(calling),
                 "llm_seconds": F("llm_seconds") + seconds,
             }
-            Batch.objects.filter(pk=batch_id).update(status=Batch.Status.PENDING, claim_id="", **interrupted)
+            transition_batches(
+                Batch.objects.filter(pk=batch_id),
+                from_=Batch.Status.RUNNING,
+                to=Batch.Status.PENDING,
+                claim_id="",
+                **interrupted,
+            )
             AnalysisRun.objects.filter(pk=run_id).update(**interrupted)
         for run_id in released:
             emit(run_id, "progress_updated")
@@ -563,26 +612,6 @@ def resume_stale_runs(*, lease_seconds: float, planning_lease_seconds: float | N
     for run_id in stuck_runs:
         queue_run(run_id)
     return len(queued)
-
-
-def parse_schedule(expression: str) -> crontab:
-    """A five-field cron expression (minute hour day-of-month month day-of-week)."""
-    fields = expression.split()
-    if len(fields) != 5:
-        raise DomainError(f"{expression!r} is not a five-field cron expression.", code="invalid_schedule")
-    minute, hour, day_of_month, month_of_year, day_of_week = fields
-    try:
-        return crontab(
-            minute=minute,
-            hour=hour,
-            day_of_month=day_of_month,
-            month_of_year=month_of_year,
-            day_of_week=day_of_week,
-        )
-    except (ValueError, ParseException) as exc:
-        raise DomainError(
-            f"{expression!r} is not a valid cron expression: {exc}", code="invalid_schedule"
-        ) from exc
 
 
 def start_scheduled_runs(*, now: datetime | None = None) -> list[AnalysisRun]:

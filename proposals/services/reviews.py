@@ -111,8 +111,26 @@ def _apply_edits(proposal: TaskProposal, edits: dict[str, Any] | None) -> None:
         raise DomainError("A task needs a title.", code="title_required")
 
 
+def transition_proposal(*, proposal: TaskProposal, to: str) -> None:
+    """Set a proposal's status to `to` if `TaskProposal.TRANSITIONS` allows the move from
+    the status it has; the only writer of `status`. The caller has locked the row (`_lock`)
+    and saves it. Staying put is no move: undoing an edit leaves a pending proposal pending.
+
+    Raises `DomainError` (409, `illegal_transition`) for any other move. The actions check
+    first with a code of their own (`not_pending`, `not_closed`), so this refuses only what
+    they let through by mistake.
+    """
+    if to != proposal.status and to not in TaskProposal.TRANSITIONS[proposal.status]:
+        raise DomainError(
+            f"Proposal {proposal.pk} is {proposal.status}; it cannot become {to}.",
+            code="illegal_transition",
+            status=409,
+        )
+    proposal.status = to
+
+
 def _reviewed(proposal: TaskProposal, user: Any, status: str, action: str, note: str = "") -> None:
-    proposal.status = status
+    transition_proposal(proposal=proposal, to=status)
     proposal.reviewer = user
     proposal.reviewed_at = timezone.now()
     proposal.review_action = action
@@ -334,7 +352,8 @@ def reopen_proposal(*, proposal_id: int, user: Any) -> TaskProposal:
             status=409,
         )
     before = _snapshot(proposal)
-    proposal.status, proposal.merged_into, proposal.review_action = PENDING, None, ReviewEvent.Action.REOPEN
+    transition_proposal(proposal=proposal, to=PENDING)
+    proposal.merged_into, proposal.review_action = None, ReviewEvent.Action.REOPEN
     proposal.save()
     _record(proposal, user, ReviewEvent.Action.REOPEN, before)
     return proposal
@@ -358,12 +377,12 @@ def undo_last_action(*, proposal_id: int, user: Any) -> TaskProposal:
         )
     before = _snapshot(proposal)
     state = last.before
+    transition_proposal(proposal=proposal, to=state["status"])
     if last.action == ReviewEvent.Action.APPROVE and proposal.task is not None:
         task = proposal.task
         proposal.task = None
         proposal.save(update_fields=["task"])
         delete_task_if_unused(task=task, user=user)
-    proposal.status = state["status"]
     for name in ("title", "description", "priority", "category", "tags", "review_note"):
         setattr(proposal, name, state[name])
     proposal.due_date = date.fromisoformat(state["due_date"]) if state["due_date"] else None

@@ -4,8 +4,9 @@ import pytest
 from django.utils import timezone
 
 from analysis.models import AnalysisRun
-from analysis.services import parse_schedule, start_scheduled_runs
+from analysis.services import start_scheduled_runs
 from projects.models import ProjectConfig
+from projects.schedules import parse_schedule
 from tasktracker.exceptions import DomainError
 from tests.analysis.helpers import make_setup
 
