@@ -1,11 +1,19 @@
+"""The admin of the `agents` app: providers, agents, task configs and their assignments.
+
+Every write goes through `agents.services`, as from the API: saves by the create and
+update services, deletes by `delete_configuration` (which refuses one still in use), and
+the refusals of a service become a form error or an admin message, never a 500.
+"""
+
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import Count, Model, QuerySet
 from django.forms.models import BaseInlineFormSet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
@@ -14,6 +22,7 @@ from agents.models import Agent, AgentTaskAssignment, LLMProvider, TaskConfig
 from agents.prompts import PromptMessage
 from agents.services import (
     assign_task_config,
+    check_agent_provider,
     create_agent,
     create_provider,
     create_task_config,
@@ -26,6 +35,7 @@ from agents.services import (
     update_provider,
     update_task_config,
 )
+from tasktracker.exceptions import DomainError
 
 
 def _form_fields(form: forms.ModelForm) -> dict[str, Any]:
@@ -39,6 +49,37 @@ def _take_saved_row(obj: Model, saved: Model) -> None:
     # The admin goes on with the instance it passed to save_model (the inlines, the log
     # entry, the redirect), so it becomes the row the service created.
     vars(obj).update(vars(saved))
+
+
+class DeletesThroughService(admin.ModelAdmin):
+    """Deletes by `delete_configuration`, the API's delete, so that the same refusal holds
+    (one still in use stays, and the message says what uses it).
+
+    Django's delete page and `delete_selected` list protected rows and refuse first; the
+    service's refusal is for what changed meanwhile. It rolls back the whole request (the
+    log entries, the other rows of a bulk delete) and becomes an error message."""
+
+    def delete_model(self, request: HttpRequest, obj: Model) -> None:
+        delete_configuration(instance=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for obj in queryset:
+            delete_configuration(instance=obj)
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: Any = None) -> HttpResponse:
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except DomainError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
+    def response_action(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        try:
+            with transaction.atomic():
+                return super().response_action(request, queryset)
+        except DomainError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
 
 
 class LLMProviderForm(forms.ModelForm):
@@ -80,7 +121,7 @@ class LLMProviderForm(forms.ModelForm):
 
 
 @admin.register(LLMProvider)
-class LLMProviderAdmin(admin.ModelAdmin):
+class LLMProviderAdmin(DeletesThroughService):
     form = LLMProviderForm
     list_display = [
         "name",
@@ -228,9 +269,12 @@ class AgentForm(forms.ModelForm):
         self.fields["model"].help_text = "Models the provider reported: " + (", ".join(models) or "none yet")
 
     def clean_provider(self) -> LLMProvider:
+        # The API's rule, asked of the same function; `self.instance` is still the stored row.
         provider = self.cleaned_data["provider"]
-        if not provider.is_active:
-            raise forms.ValidationError("This provider is switched off; choose an active one.")
+        try:
+            check_agent_provider(provider=provider, agent=self.instance)
+        except DomainError as exc:
+            raise forms.ValidationError(exc.message, code=exc.code) from exc
         return provider
 
 
@@ -263,7 +307,7 @@ class AgentTestForm(forms.Form):
 
 
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
+class AgentAdmin(DeletesThroughService):
     form = AgentForm
     change_form_template = "admin/agents/agent/change_form.html"
     list_display = [
@@ -292,7 +336,9 @@ class AgentAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Agent, form: forms.ModelForm, change: bool) -> None:
         if change:
-            update_agent(agent=obj, **_form_fields(form))
+            # `obj` already holds the form's values; the service compares with the stored row.
+            stored = Agent.objects.get(pk=obj.pk)
+            _take_saved_row(obj, update_agent(agent=stored, **_form_fields(form)))
         else:
             _take_saved_row(obj, create_agent(**_form_fields(form)))
 
@@ -332,7 +378,7 @@ class AgentAdmin(admin.ModelAdmin):
 
 
 @admin.register(TaskConfig)
-class TaskConfigAdmin(admin.ModelAdmin):
+class TaskConfigAdmin(DeletesThroughService):
     list_display = ["name", "is_active", "agent_count", "updated_at"]
     list_filter = ["is_active"]
     search_fields = ["name", "description"]
@@ -364,7 +410,7 @@ class TaskConfigAdmin(admin.ModelAdmin):
 
 
 @admin.register(AgentTaskAssignment)
-class AgentTaskAssignmentAdmin(admin.ModelAdmin):
+class AgentTaskAssignmentAdmin(DeletesThroughService):
     list_display = ["__str__", "agent", "task_config", "is_active", "run_count", "created_at"]
     list_filter = ["is_active", "agent", "task_config"]
     list_select_related = ["agent", "task_config"]
@@ -390,14 +436,6 @@ class AgentTaskAssignmentAdmin(admin.ModelAdmin):
                 obj,
                 assign_task_config(agent=obj.agent, task_config=obj.task_config, is_active=obj.is_active),
             )
-
-    def delete_model(self, request: HttpRequest, obj: AgentTaskAssignment) -> None:
-        # The delete page has refused already to delete one that runs used.
-        delete_configuration(instance=obj)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[AgentTaskAssignment]) -> None:
-        for assignment in queryset:
-            delete_configuration(instance=assignment)
 
     @admin.display(description="Runs", ordering="run_count")
     def run_count(self, obj: AgentTaskAssignment) -> int:

@@ -37,6 +37,7 @@ from agents.selectors import (
 )
 from agents.services import (
     assign_task_config,
+    check_agent_provider,
     check_provider_health,
     create_agent,
     create_provider,
@@ -49,6 +50,7 @@ from agents.services import (
     update_task_config,
 )
 from tasktracker.api import help_texts
+from tasktracker.exceptions import DomainError
 
 TEST_MAX_MESSAGES = 200
 TEST_MAX_TEXT_LENGTH = 10_000
@@ -182,11 +184,11 @@ class AgentSerializer(serializers.ModelSerializer):
         )
 
     def validate_provider(self, provider: LLMProvider) -> LLMProvider:
-        # Only a new choice is checked: switching a provider off must not make its agents
-        # uneditable (a PUT sends the provider they already have).
-        unchanged = self.instance is not None and self.instance.provider_id == provider.pk
-        if not provider.is_active and not unchanged:
-            raise serializers.ValidationError("This provider is switched off; choose an active one.")
+        # The admin's rule, asked of the same function, so the message sits under the field.
+        try:
+            check_agent_provider(provider=provider, agent=self.instance)
+        except DomainError as exc:
+            raise serializers.ValidationError(exc.message, code=exc.code) from exc
         return provider
 
 

@@ -222,6 +222,103 @@ def _rejects_response_format(exc: openai.APIStatusError) -> bool:
     return "response_format" in str(exc.message).lower() or "json_schema" in str(exc.message).lower()
 
 
+@dataclass
+class _Failure:
+    """What one failed request means for `complete_json`: drop the response format and ask
+    again (`format_refused`), give up now (`error`), or retry after a backoff (`reason`,
+    with the server's Retry-After when it sent one)."""
+
+    error: LLMError | None = None
+    reason: str = ""
+    retry_after: float | None = None
+    format_refused: bool = False
+
+
+# What `_classify_failure` maps: the limits' errors and the client's HTTP and transport
+# errors. Anything else (a bug, a malformed SDK response) propagates as it is.
+_CLASSIFIED = (LimitTimeout, LimitUnavailable, openai.APIStatusError, openai.APIConnectionError)
+
+
+def _classify_failure(
+    exc: Exception, *, provider: LLMProvider, model: str, usage: LLMUsage, can_fall_back: bool
+) -> _Failure:
+    """Map an exception of one request to the gateway's error kinds.
+
+    Permanent ones (a refused key, an exhausted quota, an unknown model, a redirect, a
+    refused request) become an `LLMError` to raise; 429, 5xx, timeouts, connection errors
+    and an unreachable Redis are retried. A server refusing the response format (400, or
+    llama-cpp-python's 500 and FastAPI's 422) is asked again with the next one while
+    `can_fall_back`. The order of the checks matters: the openai errors subclass
+    `APIStatusError`, and `APITimeoutError` subclasses `APIConnectionError`.
+    """
+    if isinstance(exc, LimitTimeout):
+        return _Failure(error=LLMError("rate_limited", str(exc), usage))
+    if isinstance(exc, LimitUnavailable):
+        # Retried like a provider's 5xx: a Redis restarting or failing over is back soon.
+        logger.warning("%s: %s", provider.name, exc)
+        return _Failure(reason="limiter_unavailable")
+    if isinstance(exc, openai.AuthenticationError):
+        return _Failure(error=LLMError("auth", f"{provider.name} refused the API key.", usage))
+    if isinstance(exc, openai.PermissionDeniedError):
+        return _Failure(error=LLMError("auth", f"{provider.name} denied access to model {model}.", usage))
+    if isinstance(exc, openai.NotFoundError):
+        return _Failure(error=LLMError("model_not_found", f"{provider.name} has no model {model!r}.", usage))
+    if isinstance(exc, openai.RateLimitError):
+        if _error_code(exc) == "insufficient_quota":
+            return _Failure(
+                error=LLMError("quota", f"{provider.name}: the account's quota is exhausted.", usage)
+            )
+        return _Failure(reason="rate_limited", retry_after=_retry_after(exc))
+    if isinstance(exc, openai.APIStatusError):
+        if 300 <= exc.status_code < 400:
+            return _Failure(error=_redirect_error(provider, exc, usage))
+        if _rejects_response_format(exc) and can_fall_back:
+            return _Failure(format_refused=True)
+        if isinstance(exc, openai.BadRequestError):
+            return _Failure(
+                error=LLMError("bad_request", f"{provider.name} refused the request: {exc.message}", usage)
+            )
+        if exc.status_code < 500:
+            return _Failure(
+                error=LLMError("bad_request", f"{provider.name} answered {exc.status_code}.", usage)
+            )
+        return _Failure(reason="server_error", retry_after=_retry_after(exc))
+    if isinstance(exc, openai.APITimeoutError):
+        return _Failure(reason="timeout")
+    return _Failure(reason="connection")
+
+
+def _send(
+    *,
+    client: openai.OpenAI,
+    provider: LLMProvider,
+    usage: LLMUsage,
+    fmt: str,
+    schema: dict[str, Any],
+    schema_name: str,
+    **request: Any,
+) -> Any:
+    """Send one chat completion request within the provider's limits (a rate token, then a
+    concurrency slot held for the request only), and count its seconds and tokens in
+    `usage` whether it is answered or not."""
+    take_rate_token(provider.pk, requests_per_minute=provider.requests_per_minute, wait_seconds=300)
+    with provider_slot(
+        provider.pk,
+        max_concurrency=provider.max_concurrency,
+        lease_seconds=provider.timeout_seconds + 30,
+        wait_seconds=300,
+    ):
+        started = time.monotonic()
+        try:
+            response = client.chat.completions.create(
+                **request, response_format=_response_format(fmt, schema, schema_name) or openai.omit
+            )
+        finally:
+            usage.add_request(time.monotonic() - started)
+    usage.add_tokens(provider, response.usage)
+    return response
+
+
 def complete_json(
     *,
     provider: LLMProvider,
@@ -250,81 +347,40 @@ def complete_json(
     while True:
         attempt += 1
         usage.attempts = attempt
-        retry_after: float | None = None
         fmt = formats[0]
         try:
-            take_rate_token(provider.pk, requests_per_minute=provider.requests_per_minute, wait_seconds=300)
-            with provider_slot(
-                provider.pk,
-                max_concurrency=provider.max_concurrency,
-                lease_seconds=provider.timeout_seconds + 30,
-                wait_seconds=300,
-            ):
-                started = time.monotonic()
-                try:
-                    response = client.chat.completions.create(
-                        model=model,
-                        messages=messages,
-                        temperature=temperature,
-                        max_tokens=max_output_tokens,
-                        response_format=_response_format(fmt, request_schema or schema, schema_name)
-                        or openai.omit,
-                    )
-                finally:
-                    usage.add_request(time.monotonic() - started)
-            usage.add_tokens(provider, response.usage)
-        except LimitTimeout as exc:
-            raise LLMError("rate_limited", str(exc), usage) from None
-        except LimitUnavailable as exc:
-            # Retried like a provider's 5xx: a Redis restarting or failing over is back soon.
-            logger.warning("%s: %s", provider.name, exc)
-            reason = "limiter_unavailable"
-        except openai.AuthenticationError:
-            raise LLMError("auth", f"{provider.name} refused the API key.", usage) from None
-        except openai.PermissionDeniedError:
-            raise LLMError("auth", f"{provider.name} denied access to model {model}.", usage) from None
-        except openai.NotFoundError:
-            raise LLMError("model_not_found", f"{provider.name} has no model {model!r}.", usage) from None
-        except openai.BadRequestError as exc:
-            if _rejects_response_format(exc) and len(formats) > 1:
-                logger.info("%s does not take response_format %s; falling back", provider.name, fmt)
-                formats.pop(0)
-                attempt -= 1  # a format fallback is not a failed attempt
-                continue
-            raise LLMError(
-                "bad_request", f"{provider.name} refused the request: {exc.message}", usage
-            ) from None
-        except openai.RateLimitError as exc:
-            if _error_code(exc) == "insufficient_quota":
-                raise LLMError(
-                    "quota", f"{provider.name}: the account's quota is exhausted.", usage
-                ) from None
-            retry_after = _retry_after(exc)
-            reason = "rate_limited"
-        except openai.APIStatusError as exc:
-            if 300 <= exc.status_code < 400:
-                raise _redirect_error(provider, exc, usage) from None
-            # llama-cpp-python answers 500, FastAPI-based servers 422, to a format they lack.
-            if _rejects_response_format(exc) and len(formats) > 1:
-                logger.info("%s does not take response_format %s; falling back", provider.name, fmt)
-                formats.pop(0)
-                attempt -= 1
-                continue
-            if exc.status_code < 500:
-                raise LLMError("bad_request", f"{provider.name} answered {exc.status_code}.", usage) from None
-            retry_after = _retry_after(exc)
-            reason = "server_error"
-        except openai.APITimeoutError:
-            reason = "timeout"
-        except openai.APIConnectionError:
-            reason = "connection"
+            response = _send(
+                client=client,
+                provider=provider,
+                usage=usage,
+                fmt=fmt,
+                schema=request_schema or schema,
+                schema_name=schema_name,
+                model=model,
+                messages=messages,
+                temperature=temperature,
+                max_tokens=max_output_tokens,
+            )
+        except _CLASSIFIED as exc:
+            failure = _classify_failure(
+                exc, provider=provider, model=model, usage=usage, can_fall_back=len(formats) > 1
+            )
         else:
             _remember_format(provider, model, fmt)
             return _answer(response, schema=schema, usage=usage, model=model, fmt=fmt)
+        if failure.format_refused:
+            logger.info("%s does not take response_format %s; falling back", provider.name, fmt)
+            formats.pop(0)
+            attempt -= 1  # a format fallback is not a failed attempt
+            continue
+        if failure.error is not None:
+            raise failure.error
         if attempt >= max_attempts:
-            raise LLMError(reason, _give_up_message(provider, reason, attempt), usage)
-        delay = _backoff(attempt, retry_after)
-        logger.warning("%s: %s on attempt %d; retrying in %.1f s", provider.name, reason, attempt, delay)
+            raise LLMError(failure.reason, _give_up_message(provider, failure.reason, attempt), usage)
+        delay = _backoff(attempt, failure.retry_after)
+        logger.warning(
+            "%s: %s on attempt %d; retrying in %.1f s", provider.name, failure.reason, attempt, delay
+        )
         time.sleep(delay)
 
 

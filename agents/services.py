@@ -45,13 +45,11 @@ SAMPLE_CHAT = [
 
 def ensure_default_task_config() -> TaskConfig:
     """The "Extract tasks" config that ships with the product (a migration creates it)."""
-    task_config, _ = TaskConfig.objects.get_or_create(
+    task_config, _ = _ensure_task_config(
         name=DEFAULT_TASK_CONFIG_NAME,
-        defaults={
-            "description": DEFAULT_TASK_CONFIG_DESCRIPTION,
-            "instructions": DEFAULT_INSTRUCTIONS,
-            "response_schema": DEFAULT_RESPONSE_SCHEMA,
-        },
+        description=DEFAULT_TASK_CONFIG_DESCRIPTION,
+        instructions=DEFAULT_INSTRUCTIONS,
+        response_schema=DEFAULT_RESPONSE_SCHEMA,
     )
     return task_config
 
@@ -59,16 +57,27 @@ def ensure_default_task_config() -> TaskConfig:
 def ensure_small_task_config() -> tuple[TaskConfig, bool]:
     """The "Extract tasks (small models)" config, created the first time (an edited one is
     kept as it is); and whether it was created now."""
-    existing = TaskConfig.objects.filter(name=SMALL_TASK_CONFIG_NAME).first()
-    if existing is not None:
-        return existing, False
-    created = create_task_config(
+    return _ensure_task_config(
         name=SMALL_TASK_CONFIG_NAME,
         description=SMALL_TASK_CONFIG_DESCRIPTION,
         instructions=SMALL_INSTRUCTIONS,
         response_schema=SMALL_RESPONSE_SCHEMA,
     )
-    return created, True
+
+
+def _ensure_task_config(*, name: str, **fields: Any) -> tuple[TaskConfig, bool]:
+    """The task config named `name`, created through `create_task_config` when missing; one
+    that exists is returned as it is (a user may have edited it). Idempotent, for the
+    defaults and the management commands; two callers at once are told apart by the unique
+    name, the second getting the row the first created."""
+    existing = TaskConfig.objects.filter(name=name).first()
+    if existing is not None:
+        return existing, False
+    try:
+        with transaction.atomic():
+            return create_task_config(name=name, **fields), True
+    except IntegrityError:
+        return TaskConfig.objects.get(name=name), False
 
 
 def sample_messages() -> list[PromptMessage]:
@@ -312,11 +321,25 @@ _TASK_CONFIG_FIELDS = frozenset(
 )
 
 
+def check_agent_provider(*, provider: LLMProvider, agent: Agent | None = None) -> None:
+    """The one rule for an agent's provider: a newly chosen one must be active. Keeping the
+    provider an agent has already is allowed even when it is switched off, so that
+    switching a provider off does not make its agents uneditable (a PUT, or the admin's
+    form, sends the provider they already have). Raises `DomainError(code="invalid_provider")`;
+    the API's serializer and the admin's form ask it to put the message under the field,
+    and `create_agent`/`update_agent` ask it again for every other caller."""
+    unchanged = agent is not None and agent.pk is not None and agent.provider_id == provider.pk
+    if not provider.is_active and not unchanged:
+        raise DomainError("This provider is switched off; choose an active one.", code="invalid_provider")
+
+
 @transaction.atomic
 def create_agent(**fields: Any) -> Agent:
     """Create an agent. `fields` are Agent's editable fields, validated by the caller
-    (the provider active, the temperature in range)."""
+    (the temperature in range); the provider must be active (`check_agent_provider`)."""
     _check_fields(fields, editable=_AGENT_FIELDS, kind="agent")
+    if "provider" in fields:
+        check_agent_provider(provider=fields["provider"])
     agent = Agent(**fields)
     agent.save()
     return agent
@@ -324,9 +347,13 @@ def create_agent(**fields: Any) -> Agent:
 
 @transaction.atomic
 def update_agent(*, agent: Agent, **fields: Any) -> Agent:
-    """Change an agent's editable fields, validated by the caller. Only the fields given are
-    written, so a change of another field made meanwhile is not undone."""
+    """Change an agent's editable fields, validated by the caller; a newly chosen provider
+    must be active (`check_agent_provider`). Only the fields given are written, so a change
+    of another field made meanwhile is not undone. `agent` must still hold the stored
+    provider (the admin passes the stored row, not its form's copy)."""
     _check_fields(fields, editable=_AGENT_FIELDS, kind="agent")
+    if "provider" in fields:
+        check_agent_provider(provider=fields["provider"], agent=agent)
     return _save_fields(agent, fields)
 
 

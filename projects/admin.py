@@ -4,13 +4,19 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count, Prefetch, QuerySet
 from django.forms import ModelForm
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
 
 from projects import access
 from projects.models import Project, ProjectConfig, ProjectMembership, Task, WebhookDelivery, WebhookEndpoint
-from projects.services import check_task_change, error_field, update_task
+from projects.services import (
+    check_task_change,
+    create_project,
+    create_task,
+    error_field,
+    update_task,
+)
 from projects.webhooks import (
     check_webhook_endpoint,
     create_webhook_endpoint,
@@ -25,6 +31,25 @@ from tasktracker.exceptions import DomainError
 # Every admin here shows the rows `projects.access` lets the user see (all of them for
 # staff, who alone reach the admin; the rule is asked all the same, so that it holds for
 # whoever may reach it one day).
+
+
+class RefusalsAsMessages(admin.ModelAdmin):
+    """A service's refusal at save time (a taken name, a title it refuses) becomes an error
+    message on the form's page, not a 500. The admin's change view is one transaction, so
+    nothing it wrote before the refusal (a log entry, an inline) stays."""
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except DomainError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
 
 
 class TeamIsVersioned:
@@ -75,7 +100,7 @@ class ProjectConfigInline(admin.TabularInline):
 
 
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(RefusalsAsMessages):
     list_display = [
         "name",
         "slug",
@@ -104,9 +129,22 @@ class ProjectAdmin(admin.ModelAdmin):
             .prefetch_related(Prefetch("configs", queryset=current, to_attr="current_configs"))
         )
 
+    # The default assignee is part of the versioned configuration (it must be on the team),
+    # set on the project's configuration page; a new project starts active, as from the API.
     def get_readonly_fields(self, request: HttpRequest, obj: Project | None = None) -> list[str]:
-        # Chosen on creation; afterwards it is part of the versioned configuration.
-        return [*self.readonly_fields, "default_assignee"] if obj is not None else self.readonly_fields
+        extra = ["default_assignee"] if obj is not None else ["default_assignee", "is_active"]
+        return [*self.readonly_fields, *extra]
+
+    def save_model(self, request: HttpRequest, obj: Project, form: ModelForm, change: bool) -> None:
+        """A new project is made by `create_project`, as from the API and the New project
+        page: its first version, with its creator as team lead. A change of the name, slug or
+        switch is written as the form gives it."""
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        saved = create_project(name=obj.name, slug=obj.slug, user=request.user)
+        # The admin goes on with `obj` (the log entry, the redirect): it becomes the saved row.
+        vars(obj).update(vars(saved))
 
     @admin.display(description="Team and configuration")
     def configuration(self, obj: Project) -> str:
@@ -175,7 +213,7 @@ class ProjectConfigAdmin(admin.ModelAdmin):
 
 
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(RefusalsAsMessages):
     list_display = [
         "title",
         "project",
@@ -214,17 +252,34 @@ class TaskAdmin(admin.ModelAdmin):
         allowed = obj is None or access.can(request.user, obj.project_id, access.Action.CHANGE_TASKS)
         return allowed and super().has_change_permission(request, obj)
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Task | None = None) -> list[str]:
+        # A new task is open (`create_task`); a saved one stays in its project, whose team
+        # and webhooks its history belongs to.
+        return [*self.readonly_fields, "status" if obj is None else "project"]
+
     def get_form(self, request: HttpRequest, obj: Task | None = None, **kwargs: Any) -> type[ModelForm]:
         form = super().get_form(request, obj, **kwargs)
         return type("TaskAdminForm", (TaskChangeCheck, form), {"request": request})
 
     def save_model(self, request: HttpRequest, obj: Task, form: ModelForm, change: bool) -> None:
-        """A new task is saved as it is; a change of its status or assignee goes through
+        """A new task is made by `create_task` (who may, a title, a known priority and
+        category), as an approval makes one; a change of its status or assignee goes through
         `update_task` (the transition and team checks, the `task.status_changed` webhook),
         its other fields are written beside it."""
         if not change:
-            obj.created_by = request.user
-            super().save_model(request, obj, form, change)
+            data = form.cleaned_data
+            saved = create_task(
+                project=data["project"],
+                title=data["title"],
+                created_by=request.user,
+                description=data.get("description", ""),
+                assignee=data.get("assignee"),
+                priority=data.get("priority", Task.Priority.MEDIUM),
+                category=data.get("category", Task.Category.FEATURE),
+                tags=data.get("tags") or [],
+                due_date=data.get("due_date"),
+            )
+            vars(obj).update(vars(saved))
             return
         moved = {
             name: form.cleaned_data[name] for name in ("status", "assignee") if name in form.changed_data
