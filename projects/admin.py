@@ -15,6 +15,7 @@ from projects.services import (
     create_project,
     create_task,
     error_field,
+    update_project,
     update_task,
 )
 from projects.webhooks import (
@@ -138,11 +139,18 @@ class ProjectAdmin(RefusalsAsMessages):
     def save_model(self, request: HttpRequest, obj: Project, form: ModelForm, change: bool) -> None:
         """A new project is made by `create_project`, as from the API and the New project
         page: its first version, with its creator as team lead. A change of the name, slug or
-        switch is written as the form gives it."""
+        switch goes through `update_project`, with the same checks."""
         if change:
-            super().save_model(request, obj, form, change)
-            return
-        saved = create_project(name=obj.name, slug=obj.slug, user=request.user)
+            data = form.cleaned_data
+            saved = update_project(
+                project=obj,
+                user=request.user,
+                name=data["name"],
+                slug=data["slug"],
+                is_active=data["is_active"],
+            )
+        else:
+            saved = create_project(name=obj.name, slug=obj.slug, user=request.user)
         # The admin goes on with `obj` (the log entry, the redirect): it becomes the saved row.
         vars(obj).update(vars(saved))
 
@@ -263,9 +271,9 @@ class TaskAdmin(RefusalsAsMessages):
 
     def save_model(self, request: HttpRequest, obj: Task, form: ModelForm, change: bool) -> None:
         """A new task is made by `create_task` (who may, a title, a known priority and
-        category), as an approval makes one; a change of its status or assignee goes through
-        `update_task` (the transition and team checks, the `task.status_changed` webhook),
-        its other fields are written beside it."""
+        category), as an approval makes one; a change goes through `update_task` (the
+        transition and team checks, the `task.status_changed` webhook, the same checks of
+        its other fields)."""
         if not change:
             data = form.cleaned_data
             saved = create_task(
@@ -281,15 +289,9 @@ class TaskAdmin(RefusalsAsMessages):
             )
             vars(obj).update(vars(saved))
             return
-        moved = {
-            name: form.cleaned_data[name] for name in ("status", "assignee") if name in form.changed_data
-        }
-        others = [name for name in form.changed_data if name not in moved]
-        if others:
-            obj.save(update_fields=[*others, "updated_at"])
-        if moved:
-            update_task(task=obj, user=request.user, **moved)
-            obj.refresh_from_db()
+        changed = {name: form.cleaned_data[name] for name in form.changed_data}
+        if changed:
+            vars(obj).update(vars(update_task(task=obj, user=request.user, **changed)))
 
 
 # What a task's team changes through `update_task`, in the admin too.

@@ -412,17 +412,9 @@ def rollback_config(*, project: Project, version: str, user: AbstractBaseUser | 
     return config
 
 
-@transaction.atomic
-def create_project(
-    *,
-    name: str,
-    slug: str,
-    user: AbstractBaseUser,
-    changes: Mapping[str, Any] | None = None,
-    summary: str = "",
-) -> Project:
-    """Create a project and its first version, 1.0.0. Its creator is on the team as a
-    team lead, whatever role `changes["team"]` gives them."""
+def _clean_name_and_slug(name: str, slug: str, *, project: Project | None = None) -> tuple[str, str]:
+    """A project's name (spaces folded) and slug (from the name when blank), refused with a
+    reason when blank, malformed, reserved or another project's."""
     name = _SPACES.sub(" ", name).strip()
     slug = slug.strip() or slugify(name)
     if not name:
@@ -434,10 +426,26 @@ def create_project(
             f"“{slug}” cannot be a slug: use lower-case letters, digits and hyphens (not “new”).",
             code="invalid_slug",
         )
-    if Project.objects.filter(name__iexact=name).exists():
+    others = Project.objects.exclude(pk=project.pk) if project is not None else Project.objects.all()
+    if others.filter(name__iexact=name).exists():
         raise DomainError(f"There is a project named {name} already.", code="invalid_name")
-    if Project.objects.filter(slug=slug).exists():
+    if others.filter(slug=slug).exists():
         raise DomainError(f"The slug {slug} is taken.", code="invalid_slug")
+    return name, slug
+
+
+@transaction.atomic
+def create_project(
+    *,
+    name: str,
+    slug: str,
+    user: AbstractBaseUser,
+    changes: Mapping[str, Any] | None = None,
+    summary: str = "",
+) -> Project:
+    """Create a project and its first version, 1.0.0. Its creator is on the team as a
+    team lead, whatever role `changes["team"]` gives them."""
+    name, slug = _clean_name_and_slug(name, slug)
     changes = dict(changes or {})
     team = [m for m in changes.get("team", []) if getattr(m.get("user"), "pk", m.get("user_id")) != user.pk]
     changes["team"] = [*team, {"user_id": user.pk, "role": ProjectMembership.Role.LEAD}]
@@ -445,6 +453,31 @@ def create_project(
     bump_config(project=project, user=user, changes=changes, summary=summary or "Project created.")
     project.refresh_from_db()
     return project
+
+
+@transaction.atomic
+def update_project(
+    *,
+    project: Project,
+    user: AbstractBaseUser,
+    name: str | None = None,
+    slug: str | None = None,
+    is_active: bool | None = None,
+) -> Project:
+    """Rename a project, change its slug or switch it on or off (what is not versioned: the
+    configuration is, through `bump_config`). Team leads and staff (`access.Action.CONFIGURE`);
+    the name and slug are checked as `create_project` checks them. Locks the project row."""
+    if not access.can(user, project.pk, access.Action.CONFIGURE):
+        raise DomainError("Only the project's team leads can change it.", code="forbidden", status=403)
+    locked = Project.objects.select_for_update().get(pk=project.pk)
+    locked.name, locked.slug = _clean_name_and_slug(
+        locked.name if name is None else name, locked.slug if slug is None else slug, project=locked
+    )
+    if is_active is not None:
+        locked.is_active = is_active
+    locked.save(update_fields=["name", "slug", "is_active", "updated_at"])
+    logger.info("%s changed project %s", user, locked.pk)
+    return locked
 
 
 # Tasks
@@ -497,6 +530,25 @@ def check_task_change(
     return fields
 
 
+def _check_task_details(*, title: str | None, priority: str | None, category: str | None) -> None:
+    """A task's title must not be blank, and its priority and category must be a task's: a
+    task config's own schema may let a proposal carry others, which are refused here with a
+    reason rather than by the database. None: not being changed."""
+    if title is not None and not title.strip():
+        raise _invalid("title", "A task needs a title.")
+    for field, value, choices in (
+        ("priority", priority, Task.Priority),
+        ("category", category, Task.Category),
+    ):
+        if value is not None and value not in choices.values:
+            raise _invalid(field, f"“{value}” is not a task {field}; use one of {', '.join(choices.values)}.")
+
+
+# A task's fields other than its status and assignee, which `update_task` writes as given
+# (after `_check_task_details`).
+TASK_DETAILS = ("title", "description", "priority", "category", "tags", "due_date")
+
+
 @transaction.atomic
 def update_task(
     *,
@@ -504,18 +556,30 @@ def update_task(
     user: AbstractBaseUser,
     status: str | None = None,
     assignee: AbstractBaseUser | _Unset | None = UNSET,
+    **details: Any,
 ) -> Task:
     """Move a task to another status (only along `TASK_TRANSITIONS`; a done or cancelled
     task is reopened first) and/or assign it to someone on its project's team, or to
-    nobody with `assignee=None` (`check_task_change`). Locks the task row; a status change
-    sends the `task.status_changed` webhook."""
+    nobody with `assignee=None` (`check_task_change`), and/or change its `TASK_DETAILS`
+    (checked as `create_task` checks them). Locks the task row; a status change sends the
+    `task.status_changed` webhook."""
+    unknown = set(details) - set(TASK_DETAILS)
+    if unknown:
+        raise TypeError(f"update_task() got unexpected fields {sorted(unknown)}")
     task = Task.objects.select_for_update().select_related("project").get(pk=task.pk)
     fields = check_task_change(task=task, user=user, status=status, assignee=assignee)
+    _check_task_details(
+        title=details.get("title"), priority=details.get("priority"), category=details.get("category")
+    )
     if "status" in fields:
         logger.info("%s moved task %s from %s to %s", user, task.pk, task.status, status)
         task.status = status
     if "assignee" in fields:
         task.assignee_id = assignee.pk if assignee is not None else None
+    changed = [name for name, value in details.items() if getattr(task, name) != value]
+    for name in changed:
+        setattr(task, name, details[name])
+    fields += changed
     if fields:
         task.save(update_fields=[*fields, "updated_at"])
     if "status" in fields:
@@ -540,20 +604,11 @@ def create_task(
 ) -> Task:
     """Create an open task of `project`, e.g. the task an approved proposal becomes.
 
-    `created_by` must be on the project's team (or staff: `access.Action.CHANGE_TASKS`).
-    The title must not be blank, and the priority and category must be a task's: a task
-    config's own schema may let a proposal carry others, which are refused here with a
-    reason rather than by the database. The assignee is taken as given (an approval keeps
-    the proposal's suggestion)."""
+    `created_by` must be on the project's team (or staff: `access.Action.CHANGE_TASKS`);
+    its title, priority and category are checked (`_check_task_details`). The assignee is
+    taken as given (an approval keeps the proposal's suggestion)."""
     _check_may_change_tasks(created_by, project.pk)
-    if not title.strip():
-        raise _invalid("title", "A task needs a title.")
-    for field, value, choices in (
-        ("priority", priority, Task.Priority),
-        ("category", category, Task.Category),
-    ):
-        if value not in choices.values:
-            raise _invalid(field, f"“{value}” is not a task {field}; use one of {', '.join(choices.values)}.")
+    _check_task_details(title=title, priority=priority, category=category)
     task = Task.objects.create(
         project=project,
         title=title,

@@ -413,3 +413,62 @@ def test_webhook_endpoint_admin_and_api_refuse_an_internal_address_alike(
     # `check_webhook_endpoint`'s words, under the URL in both.
     assert page.context["adminform"].form.errors["url"] == response.data["url"]
     assert not WebhookEndpoint.objects.exists()
+
+
+def test_the_project_admin_changes_through_update_project(admin_client: Client) -> None:
+    taken = ProjectFactory(name="Mobile app", slug="mobile")
+    project = ProjectFactory(name="Web", slug="web")
+    form = {"name": "MOBILE APP", "slug": "web-2", "is_active": "on"} | NO_TEAM_OR_VERSIONS
+
+    refused = admin_client.post(admin_url(Project, "change", project.pk), form, follow=True)
+    renamed = admin_client.post(
+        admin_url(Project, "change", project.pk), form | {"name": "Web shop"}, follow=True
+    )
+
+    # Two names differing in case only: `update_project` refuses it as `create_project` does.
+    assert f"There is a project named {taken.name.upper()} already." in messages_of(refused)
+    assert renamed.status_code == 200
+    assert stored(Project, pk=project.pk) | {"default_assignee_id": None} == {
+        "name": "Web shop",
+        "slug": "web-2",
+        "is_active": True,
+        "default_assignee_id": None,
+    }
+
+
+def test_update_project_is_for_team_leads(team_task_pair: tuple[Task, Task]) -> None:
+    from projects.services import update_project
+    from tasktracker.exceptions import DomainError
+
+    project = team_task_pair[0].project
+    member = ProjectMembershipFactory(project=project, role=ProjectMembership.Role.MEMBER).user
+
+    with pytest.raises(DomainError) as refused:
+        update_project(project=project, user=member, name="Taken over")
+
+    assert refused.value.code == "forbidden"
+    assert Project.objects.get(pk=project.pk).name == project.name
+
+
+def test_the_task_admin_edits_details_through_update_task(
+    admin_client: Client, team_task_pair: tuple[Task, Task]
+) -> None:
+    from projects.services import update_task
+    from tasktracker.exceptions import DomainError
+
+    task = team_task_pair[0]
+
+    page = admin_client.post(
+        admin_url(Task, "change", task.pk),
+        task_form(admin_client, task, title="Renamed", priority="critical", status="open"),
+    )
+    with pytest.raises(DomainError) as blank:
+        update_task(task=task, user=task.created_by, title="  ")
+    with pytest.raises(DomainError) as unknown:
+        update_task(task=task, user=task.created_by, category="epic")
+
+    assert page.status_code == 302, form_errors(page)
+    task.refresh_from_db()
+    assert (task.title, task.priority, task.status) == ("Renamed", "critical", Task.Status.OPEN)
+    assert (blank.value.code, unknown.value.code) == ("invalid_title", "invalid_category")
+    assert WebhookDelivery.objects.filter(event=WebhookEndpoint.Event.TASK_STATUS_CHANGED).count() == 1
