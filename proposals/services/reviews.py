@@ -16,6 +16,7 @@ from projects import access
 from projects.models import Task, WebhookEndpoint
 from projects.services import append_to_task, create_task, delete_task_if_unused, task_payload
 from projects.webhooks import emit_webhook
+from proposals.consumers import proposal_group
 from proposals.models import ReviewEvent, TaskProposal
 from proposals.services.creation import NewProposal, ProposalData, create_proposals
 from tasktracker.exceptions import DomainError
@@ -94,7 +95,7 @@ def _record(
     project_id, status = proposal.project_id, proposal.status
     transaction.on_commit(
         lambda: broadcast(
-            f"proposals-{project_id}",
+            proposal_group(project_id),
             "proposal_reviewed",
             {"id": proposal.pk, "status": status, "action": action},
         )
