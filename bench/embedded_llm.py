@@ -15,7 +15,7 @@ Needs a healthy `make run` (the embedded model, the web server and a worker). Tw
    of 4 words or more found verbatim in one of its source messages). Titles and sources are
    read from the run's database (this process uses the same settings as `make run`).
 
-Goals (issue "The first run works out of the box"): the run completes within 120 s, its first
+Goals for a first run out of the box: the run completes within 120 s, its first
 proposal within 60 s, at least 90% of batches valid, at least 3 proposals. It reports, it does
 not gate: the exit status is 0 unless the run could not be made.
 """

@@ -638,7 +638,7 @@ def prompt_tokens(requests: list[dict[str, Any]], kept_texts: list[str]) -> dict
 
 
 def naive_format_tokens(kept: list[tuple[int, str, str, datetime]]) -> int:
-    """The same messages in the wasteful format the issue quotes: a JSON object per message
+    """The same messages in a naive, wasteful format: a JSON object per message
     with a UUID and a full timestamp (and no system prompt or instructions counted)."""
     from analysis.pipeline import count_tokens
 

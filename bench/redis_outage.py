@@ -3,7 +3,7 @@
     .venv/bin/python bench/redis_outage.py [--batches 24] [--outage-at 7] [--outage 15]
         [--latency 1.0] [--concurrency 2] [--api-rate 5] [--timeout 120] [--in-retry]
 
-The scenario of the issue "Redis restarts mid-run": the setup of `bench/worker_kill.py` (a
+The scenario "Redis restarts mid-run": the setup of `bench/worker_kill.py` (a
 run of `--batches` batches, one message each, on the OpenAI-compatible fake of
 `tests/fakes/openai_server.py`; a real Celery worker and a real Celery beat with the
 project's schedule; a scratch SQLite database), on the embedded default's Redis: the

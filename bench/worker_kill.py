@@ -3,7 +3,7 @@
     .venv/bin/python bench/worker_kill.py [--batches 24] [--kill-at 7] [--latency 1.0]
         [--concurrency 2] [--lease SECONDS] [--timeout 900]
 
-The scenario of the issue "A killed worker stalls a run": a run of `--batches` batches (one
+The scenario "a killed worker stalls a run": a run of `--batches` batches (one
 request for work per message, one message per batch) on the OpenAI-compatible fake of
 `tests/fakes/openai_server.py` (in this process, on loopback, answering each call after
 `--latency` seconds); a real Celery worker (`--concurrency` processes, its own process
@@ -19,7 +19,7 @@ provider has the model's defaults (60 s timeout, 4 concurrent calls).
 Prints what the dead worker held (running batches, pending ones never begun), the seconds
 from the restart and from the kill to the run's end, the batches done twice, the
 proposals and how many of them repeat another's source message (duplicates), the LLM calls
-(more than the batches when a batch was answered twice), and the goal of the issue (the
+(more than the batches when a batch was answered twice), and the recovery goal (the
 run completes within 3 minutes of the restart with no duplicate proposal) as PASS or FAIL.
 It reports, it does not gate: the exit status is 0 unless the run did not finish.
 """
