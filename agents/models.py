@@ -79,7 +79,8 @@ class Agent(models.Model):
         default=3000, validators=[MinValueValidator(100)], help_text="Message tokens per batch."
     )
     is_active = models.BooleanField(default=True)
-    task_configs = models.ManyToManyField(
+    # Quoted: the field is generic in its stub only.
+    task_configs: "models.ManyToManyField[TaskConfig, AgentTaskAssignment]" = models.ManyToManyField(
         "TaskConfig", through="AgentTaskAssignment", related_name="agents", blank=True
     )
     created_at = models.DateTimeField(auto_now_add=True)

@@ -2,6 +2,7 @@ from collections.abc import Callable
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.utils import flatten_fieldsets
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
@@ -11,15 +12,16 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from analysis.models import AnalysisRun, Batch
-from analysis.selectors import can_operate_run, runs_to_close
+from analysis.selectors import RunToClose, can_operate_run, runs_to_close
 from analysis.services import cancel_run, close_run, retry_failed_batches
 from projects import access
 from tasktracker.exceptions import DomainError
+from tasktracker.types import AuthedRequest
 
 # Runs and batches belong to the pipeline: they are started through `start_run` and
 # every counter is written by the pipeline services, so the admin only shows them.
 
-BATCH_FIELDS = [
+BATCH_FIELDS = (
     "index",
     "status",
     "attempts",
@@ -33,7 +35,7 @@ BATCH_FIELDS = [
     "error",
     "started_at",
     "finished_at",
-]
+)
 
 
 class BatchMessageCountMixin:
@@ -78,7 +80,7 @@ class AnalysisRunAdmin(admin.ModelAdmin):
     change_list_template = "admin/analysis/analysisrun/change_list.html"
 
     @admin.action(description="Cancel the selected runs")
-    def cancel_runs(self, request: HttpRequest, queryset: QuerySet[AnalysisRun]) -> None:
+    def cancel_runs(self, request: AuthedRequest, queryset: QuerySet[AnalysisRun]) -> None:
         self._apply(request, queryset, lambda run: cancel_run(run=run, user=request.user), "cancelled")
 
     @admin.action(description="Retry the failed batches of the selected runs")
@@ -121,7 +123,7 @@ class AnalysisRunAdmin(admin.ModelAdmin):
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/analysis/analysisrun/close_runs_confirmation.html", context)
 
-    def _close_refusal(self, request: HttpRequest, run: AnalysisRun) -> str:
+    def _close_refusal(self, request: HttpRequest, run: RunToClose) -> str:
         """Why the confirmation page says `run` will not close ("" when it will), as
         `close_run` and the permission check would refuse it; they decide on confirmation."""
         if not can_operate_run(request.user, run):
@@ -199,7 +201,7 @@ class AnalysisRunAdmin(admin.ModelAdmin):
     ]
     # Every field shown is read-only; `messages` is left out on purpose, as a run can
     # hold thousands of them (`messages_fetched` and `messages_kept` count them).
-    readonly_fields = [field for _, options in fieldsets for field in options["fields"]]
+    readonly_fields = flatten_fieldsets(fieldsets)
     inlines = [BatchInline]
     # `get_absolute_url` points back into the admin; "View on site" would be a loop.
     view_on_site = False
@@ -259,7 +261,7 @@ class BatchAdmin(BatchMessageCountMixin, admin.ModelAdmin):
         ("Messages", {"fields": ["token_count", "message_count", "message_ids"]}),
         ("Usage", {"fields": ["llm_calls", "prompt_tokens", "completion_tokens", "llm_seconds", "cost"]}),
     ]
-    readonly_fields = [field for _, options in fieldsets for field in options["fields"]]
+    readonly_fields = flatten_fieldsets(fieldsets)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Batch]:
         return access.scope(super().get_queryset(request), request.user, via="run__projects")

@@ -1,7 +1,7 @@
 """The API of the `analysis` app: runs, their batches and usage; start, cancel, retry,
 requeue stalled batches, close."""
 
-from typing import Any
+from typing import Any, cast
 
 from django.db.models import QuerySet
 from django_filters import rest_framework as filters
@@ -28,6 +28,7 @@ from projects.models import Project
 from sources.api import AwareDateTimeField
 from sources.models import Chat
 from tasktracker.api import IdFilter, help_texts
+from tasktracker.types import AuthedAPIRequest
 
 
 class BatchSerializer(serializers.ModelSerializer):
@@ -157,7 +158,7 @@ class RunSerializer(serializers.ModelSerializer):
             closed_at="When the run was closed after its review; null before.",
         )
 
-    def get_config_versions(self, run: AnalysisRun) -> list[dict[str, Any]]:
+    def get_config_versions(self, run: AnalysisRun) -> list[dict[str, str]]:
         return [
             {"project": p["slug"], "version": p["version"]} for p in run.config_snapshot.get("projects", [])
         ]
@@ -191,8 +192,12 @@ class RunCreateSerializer(serializers.Serializer):
         user = request.user if request is not None else None
         # Projects and chats the user does not see are no valid choice: their existence is
         # not theirs to learn. Whether they may start the run is a 403 after.
-        fields["projects"].child_relation.queryset = access.projects(user).filter(is_active=True)
-        fields["chats"].child_relation.queryset = access.visible_chats(user)
+        # (The ignores: the stub's `RelatedField.queryset` includes a `Manager`, whose `__get__`
+        # mypy then applies to the field, wrongly.)
+        projects = cast(serializers.ManyRelatedField, fields["projects"]).child_relation
+        projects.queryset = access.projects(user).filter(is_active=True)  # type: ignore[arg-type]
+        chats = cast(serializers.ManyRelatedField, fields["chats"]).child_relation
+        chats.queryset = access.visible_chats(user)  # type: ignore[arg-type]
         return fields
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -243,7 +248,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
             409: OpenApiResponse(description="An overlapping run is pending or running."),
         },
     )
-    def create(self, request: Request) -> Response:
+    def create(self, request: AuthedAPIRequest) -> Response:
         payload = RunCreateSerializer(data=request.data, context={"request": request})
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
@@ -276,7 +281,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         responses={200: RunSerializer},
     )
     @action(detail=True, methods=["post"])
-    def cancel(self, request: Request, pk: str) -> Response:
+    def cancel(self, request: AuthedAPIRequest, pk: str) -> Response:
         run = cancel_run(run=self._operable(), user=request.user)
         return Response(RunSerializer(self.get_queryset().get(pk=run.pk)).data)
 

@@ -1,9 +1,9 @@
-from typing import Any
-
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from analysis.selectors import runs_visible_to
+from tasktracker.realtime import RealtimeMessage
+from tasktracker.types import AnyUser
 
 
 def run_group(run_id: int) -> str:
@@ -26,9 +26,9 @@ class RunProgressConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         await self.channel_layer.group_discard(self.group, self.channel_name)
 
-    async def realtime_event(self, message: dict[str, Any]) -> None:
+    async def realtime_event(self, message: RealtimeMessage) -> None:
         await self.send_json({"event": message["event"], "seq": message["seq"], "data": message["data"]})
 
     @database_sync_to_async
-    def _may_watch(self, user: Any) -> bool:
+    def _may_watch(self, user: AnyUser) -> bool:
         return runs_visible_to(user).filter(pk=self.run_id).exists()

@@ -65,7 +65,7 @@ TARGETS = {
     "yes_recall_at_least": 0.95,
 }
 BANDS = (TaskProposal.Band.HIGH, TaskProposal.Band.MEDIUM, TaskProposal.Band.LOW)
-BAND_RANGES = {
+BAND_RANGES: dict[str, str] = {
     TaskProposal.Band.HIGH: "> 0.9",
     TaskProposal.Band.MEDIUM: "0.7-0.9",
     TaskProposal.Band.LOW: "< 0.7",
@@ -374,9 +374,9 @@ class MeetingOutcome:
     meeting_id: str
     kept_ids: set[str]
     proposals: list[Proposal]
-    dropped: Counter
-    failed_kinds: Counter
-    figures: Counter
+    dropped: Counter[str]
+    failed_kinds: Counter[str]
+    figures: Counter[str]
     cost: Decimal
 
 
@@ -437,7 +437,8 @@ def _run_meeting(*, meeting: Meeting, assignment: AgentTaskAssignment) -> Meetin
     run = AnalysisRun.objects.select_related("assignment__agent", "assignment__task_config").get(pk=run.pk)
     batches = list(Batch.objects.filter(run=run).order_by("index"))
     proposals = TaskProposal.objects.filter(run=run).prefetch_related("source_messages").order_by("pk")
-    figures = Counter(
+    # typeshed's Counter counts ints; it adds the float seconds here alike.
+    figures = Counter(  # type: ignore[call-overload]
         messages=run.messages_fetched,
         kept=run.messages_kept,
         batches=len(batches),
@@ -488,7 +489,9 @@ def _ratio(part: float, whole: float, digits: int = 4) -> float | None:
     return round(part / whole, digits) if whole else None
 
 
-def _target(value: float | None, *, at_least: float | None = None, at_most: float | None = None) -> dict:
+def _target(
+    value: float | None, *, at_least: float | None = None, at_most: float | None = None
+) -> dict[str, float | bool | None]:
     met = (
         value is not None
         and (at_least is None or value >= at_least)
@@ -512,10 +515,10 @@ def evaluate_ami(
         raise EvaluationError(f"No meeting of the {part} part in {path}.")
     agent = assignment.agent
     overall, baseline = Score(), Score()
-    bands = {band: BandScore(band=band) for band in BANDS}
-    figures: Counter = Counter()
-    dropped: Counter = Counter()
-    failed: Counter = Counter()
+    bands: dict[str, BandScore] = {band: BandScore(band=band) for band in BANDS}
+    figures: Counter[str] = Counter()
+    dropped: Counter[str] = Counter()
+    failed: Counter[str] = Counter()
     cost = Decimal(0)
     per_meeting = []
     for meeting in data.meetings:

@@ -5,8 +5,8 @@
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, TypeAlias, TypedDict
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery, Window
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -15,32 +15,35 @@ from analysis.models import AnalysisRun
 from projects import access
 from projects.models import Project, ProjectConfig
 from proposals.models import TaskProposal
+from tasktracker.types import AnyUser
 
-User = AbstractBaseUser | AnonymousUser
+if TYPE_CHECKING:
+    # A type checker's dependency only (django-stubs brings it): not installed in production.
+    from django_stubs_ext import WithAnnotations
 
 
-def runs_visible_to(user: User) -> QuerySet[AnalysisRun]:
+def runs_visible_to(user: AnyUser) -> QuerySet[AnalysisRun]:
     """Runs a user may watch: staff see all, others the runs of projects they are on."""
     runs = AnalysisRun.objects.select_related("assignment__agent", "assignment__task_config", "started_by")
     return access.scope(runs, user, via="projects")
 
 
-def can_start_runs(user: User) -> bool:
+def can_start_runs(user: AnyUser) -> bool:
     """Staff, or a team lead of some project (who may then start runs of their projects)."""
     return access.can_anywhere(user, access.Action.RUN)
 
 
-def startable_projects(user: User) -> QuerySet[Project]:
+def startable_projects(user: AnyUser) -> QuerySet[Project]:
     """The active projects a user may start runs of: all for staff, else those they lead."""
     return access.projects(user, access.Action.RUN).filter(is_active=True)
 
 
-def can_start_run_of(user: User, projects: Iterable[Project]) -> bool:
+def can_start_run_of(user: AnyUser, projects: Iterable[Project]) -> bool:
     """Whether a user may start a run over `projects`: staff, or the lead of every one."""
     return access.can_all(user, projects, access.Action.RUN)
 
 
-def can_operate_run(user: User, run: AnalysisRun) -> bool:
+def can_operate_run(user: AnyUser, run: AnalysisRun) -> bool:
     """Cancel, retry or close: staff, or a lead of every project of the run. Reads the run's
     projects as prefetched, when they are (a list of runs then costs no query per run)."""
     return access.can_all(user, [project.pk for project in run.projects.all()], access.Action.RUN)
@@ -56,7 +59,15 @@ def pending_proposals(*, project_ids: QuerySet | None = None) -> Coalesce:
     return Coalesce(Subquery(counts), 0)
 
 
-def runs_to_close(queryset: QuerySet[AnalysisRun]) -> QuerySet[AnalysisRun]:
+class PendingCount(TypedDict):
+    pending_count: int
+
+
+# A run as `runs_to_close` reads it.
+RunToClose: TypeAlias = "WithAnnotations[AnalysisRun, PendingCount]"
+
+
+def runs_to_close(queryset: QuerySet[AnalysisRun]) -> "QuerySet[RunToClose]":
     """`queryset` as a confirmation of closing lists it: with each run's projects and its
     pending proposals counted (`pending_count`), in two queries."""
     return queryset.prefetch_related("projects").annotate(pending_count=pending_proposals())
@@ -80,7 +91,9 @@ class RunNotices:
         return bool(self.runs)
 
 
-def finished_run_notices(user: User, *, now: datetime | None = None, limit: int = NOTICE_LIMIT) -> RunNotices:
+def finished_run_notices(
+    user: AnyUser, *, now: datetime | None = None, limit: int = NOTICE_LIMIT
+) -> RunNotices:
     """The runs finished in the last `NOTICE_DAYS` days that still want `user`: completed
     ones with proposals they may review still pending, and failed ones (a retried run is
     running again). Told to the run's starter while they still see it, and to the reviewers
@@ -90,7 +103,7 @@ def finished_run_notices(user: User, *, now: datetime | None = None, limit: int 
     Runs on every page: one query, and one more for the projects' names when there is a
     notice; none for an anonymous user. Newest first.
     """
-    if not user.is_authenticated:
+    if not access.signed_in(user):
         return RunNotices()
     now = now or timezone.now()
     may_review = access.project_ids(user, access.Action.REVIEW)

@@ -4,7 +4,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
@@ -21,10 +21,11 @@ from analysis.services import (
 )
 from proposals.models import TaskProposal
 from tasktracker.exceptions import DomainError
+from tasktracker.types import AuthedRequest
 
 
 @login_required
-def run_list(request: HttpRequest) -> HttpResponse:
+def run_list(request: AuthedRequest) -> HttpResponse:
     runs = runs_visible_to(request.user).prefetch_related("projects")
     page = Paginator(runs, 25).get_page(request.GET.get("page"))
     return render(
@@ -33,7 +34,7 @@ def run_list(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+def run_detail(request: AuthedRequest, run_id: int) -> HttpResponse:
     run = get_object_or_404(runs_visible_to(request.user).prefetch_related("projects"), pk=run_id)
     context: dict[str, Any] = {
         "run": run,
@@ -60,7 +61,7 @@ def review_figures(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 @login_required
-def run_state_json(request: HttpRequest, run_id: int) -> JsonResponse:
+def run_state_json(request: AuthedRequest, run_id: int) -> JsonResponse:
     """The snapshot a run page loads before applying live events newer than its `seq`, and
     again when it sees a gap in their numbers: the run's counters and its batches."""
     run = get_object_or_404(runs_visible_to(request.user), pk=run_id)
@@ -68,7 +69,7 @@ def run_state_json(request: HttpRequest, run_id: int) -> JsonResponse:
 
 
 @login_required
-def run_new(request: HttpRequest) -> HttpResponse:
+def run_new(request: AuthedRequest) -> HttpResponse:
     if not can_start_runs(request.user):
         raise PermissionDenied
     form = NewRunForm(request.POST or None, user=request.user)
@@ -89,7 +90,7 @@ def run_new(request: HttpRequest) -> HttpResponse:
     return render(request, "analysis/run_form.html", {"form": form}, status=400 if form.errors else 200)
 
 
-def _operate(request: HttpRequest, run_id: int) -> AnalysisRun:
+def _operate(request: AuthedRequest, run_id: int) -> AnalysisRun:
     run = get_object_or_404(runs_visible_to(request.user), pk=run_id)
     if not can_operate_run(request.user, run):
         raise PermissionDenied
@@ -98,7 +99,7 @@ def _operate(request: HttpRequest, run_id: int) -> AnalysisRun:
 
 @login_required
 @require_POST
-def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
+def run_cancel(request: AuthedRequest, run_id: int) -> HttpResponse:
     run = _operate(request, run_id)
     try:
         cancel_run(run=run, user=request.user)
@@ -110,7 +111,7 @@ def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def run_retry(request: HttpRequest, run_id: int) -> HttpResponse:
+def run_retry(request: AuthedRequest, run_id: int) -> HttpResponse:
     run = _operate(request, run_id)
     try:
         count = retry_failed_batches(run=run)
@@ -122,7 +123,7 @@ def run_retry(request: HttpRequest, run_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def run_requeue(request: HttpRequest, run_id: int) -> HttpResponse:
+def run_requeue(request: AuthedRequest, run_id: int) -> HttpResponse:
     """Queue a running run's stalled batches again now (`requeue_stalled_batches`)."""
     run = _operate(request, run_id)
     try:
@@ -134,7 +135,7 @@ def run_requeue(request: HttpRequest, run_id: int) -> HttpResponse:
 
 
 @login_required
-def run_close(request: HttpRequest, run_id: int) -> HttpResponse:
+def run_close(request: AuthedRequest, run_id: int) -> HttpResponse:
     """Close a completed run: a confirmation page (with what is left to review), then the
     POST closes it through `close_run`, which refuses, with the reason, while proposals wait."""
     run = _operate(request, run_id)

@@ -35,16 +35,19 @@ rows are narrowed with `scope`, given the path from a row to its project(s). The
 
 from collections.abc import Iterable
 from enum import StrEnum
+from typing import TypeGuard
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import User as SignedInUser
 from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 from django.db.models import QuerySet
 
 from projects.models import Project, ProjectConfig, ProjectMembership
 from sources.models import Chat, Message
+from tasktracker.types import AnyUser
 
-User = AbstractBaseUser | AnonymousUser
+# The old name of `AnyUser` here, which `projects.webhooks` still annotates with.
+User = AnyUser
 Role = ProjectMembership.Role
 
 
@@ -70,15 +73,16 @@ ROLES: dict[Action, frozenset[str]] = {
 ProjectRef = Project | int
 
 
-def _signed_in(user: User | None) -> bool:
+def signed_in(user: AnyUser | None) -> TypeGuard[SignedInUser]:
+    """Whether `user` is a signed-in user (for the type checker too: a `User`)."""
     return bool(user is not None and user.is_authenticated)
 
 
-def is_staff(user: User | None) -> bool:
-    return _signed_in(user) and bool(user.is_staff)
+def is_staff(user: AnyUser | None) -> bool:
+    return signed_in(user) and bool(user.is_staff)
 
 
-def _memberships(user: User, action: Action) -> QuerySet[ProjectMembership]:
+def _memberships(user: SignedInUser, action: Action) -> QuerySet[ProjectMembership]:
     return ProjectMembership.objects.filter(user=user, role__in=ROLES[action])
 
 
@@ -89,35 +93,35 @@ def _project_id(project: ProjectRef) -> int:
 # Projects
 
 
-def project_ids(user: User | None, action: Action = Action.VIEW) -> QuerySet:
+def project_ids(user: AnyUser | None, action: Action = Action.VIEW) -> QuerySet:
     """Ids of the projects where `user` may do `action`, as a subquery for `__in` filters:
     every project for staff, none for an anonymous user."""
-    if not _signed_in(user):
+    if not signed_in(user):
         return Project.objects.none().values("pk")
     if user.is_staff:
         return Project.objects.values("pk")
     return _memberships(user, action).values("project_id")
 
 
-def projects(user: User | None, action: Action = Action.VIEW) -> QuerySet[Project]:
+def projects(user: AnyUser | None, action: Action = Action.VIEW) -> QuerySet[Project]:
     """The projects where `user` may do `action`."""
     return scope(Project.objects.all(), user, action, via="pk")
 
 
-def can(user: User | None, project: ProjectRef, action: Action = Action.VIEW) -> bool:
+def can(user: AnyUser | None, project: ProjectRef, action: Action = Action.VIEW) -> bool:
     """Whether `user` may do `action` on one project."""
-    if not _signed_in(user):
+    if not signed_in(user):
         return False
     if user.is_staff:
         return True
     return _memberships(user, action).filter(project_id=_project_id(project)).exists()
 
 
-def can_all(user: User | None, projects: Iterable[ProjectRef], action: Action) -> bool:
+def can_all(user: AnyUser | None, projects: Iterable[ProjectRef], action: Action) -> bool:
     """Whether `user` may do `action` on every one of `projects` (and there is one): what
     starting or operating a run over several projects takes."""
     wanted = {_project_id(project) for project in projects}
-    if not wanted or not _signed_in(user):
+    if not wanted or not signed_in(user):
         return False
     if user.is_staff:
         return True
@@ -125,14 +129,14 @@ def can_all(user: User | None, projects: Iterable[ProjectRef], action: Action) -
     return wanted <= set(allowed)
 
 
-def can_anywhere(user: User | None, action: Action) -> bool:
+def can_anywhere(user: AnyUser | None, action: Action) -> bool:
     """Whether `user` may do `action` on some project (staff: yes, once there is one)."""
-    if not _signed_in(user):
+    if not signed_in(user):
         return False
     return bool(user.is_staff) or _memberships(user, action).exists()
 
 
-def can_create_projects(user: User | None) -> bool:
+def can_create_projects(user: AnyUser | None) -> bool:
     return is_staff(user)
 
 
@@ -168,7 +172,7 @@ def _many_valued(model: type[models.Model], path: str) -> bool:
 
 
 def scope(
-    queryset: QuerySet, user: User | None, action: Action = Action.VIEW, *, via: str = "project"
+    queryset: QuerySet, user: AnyUser | None, action: Action = Action.VIEW, *, via: str = "project"
 ) -> QuerySet:
     """`queryset` narrowed to the rows of projects where `user` may do `action`.
 
@@ -177,7 +181,7 @@ def scope(
     A row of several projects (a run) is kept when one of them allows `action`, and
     never repeated; operating a run takes all of them (`can_all`).
     """
-    if not _signed_in(user):
+    if not signed_in(user):
         return queryset.none()
     if user.is_staff:
         return queryset
@@ -197,10 +201,10 @@ def _current_reads() -> QuerySet:
     return ProjectConfig.chats.through.objects.filter(projectconfig__is_current=True)
 
 
-def chat_ids(user: User | None) -> QuerySet:
+def chat_ids(user: AnyUser | None) -> QuerySet:
     """Ids of the chats `user` sees, as a subquery: those the current configuration of a
     project they are on reads."""
-    if not _signed_in(user):
+    if not signed_in(user):
         return Chat.objects.none().values("pk")
     if user.is_staff:
         return Chat.objects.values("pk")
@@ -208,14 +212,16 @@ def chat_ids(user: User | None) -> QuerySet:
     return _current_reads().filter(projectconfig__project_id__in=on).values("chat_id")
 
 
-def visible_chats(user: User | None, queryset: QuerySet[Chat] | None = None) -> QuerySet[Chat]:
+def visible_chats(user: AnyUser | None, queryset: QuerySet[Chat] | None = None) -> QuerySet[Chat]:
     chats = Chat.objects.all() if queryset is None else queryset
     if is_staff(user):
         return chats
     return chats.filter(pk__in=chat_ids(user))
 
 
-def visible_messages(user: User | None, queryset: QuerySet | None = None, *, via: str = "chat") -> QuerySet:
+def visible_messages(
+    user: AnyUser | None, queryset: QuerySet | None = None, *, via: str = "chat"
+) -> QuerySet:
     """Messages (or, with `via` the path to their chat, rows of messages such as their
     edits: "message__chat") of the chats `user` sees."""
     messages = Message.objects.all() if queryset is None else queryset
@@ -224,25 +230,25 @@ def visible_messages(user: User | None, queryset: QuerySet | None = None, *, via
     return messages.filter(**{f"{via}__in": chat_ids(user)})
 
 
-def can_change_chats(user: User | None) -> bool:
+def can_change_chats(user: AnyUser | None) -> bool:
     """Rename chats and switch them on or off: staff."""
     return is_staff(user)
 
 
-def can_ingest_messages(user: User | None) -> bool:
+def can_ingest_messages(user: AnyUser | None) -> bool:
     """Store messages through the API: staff, or an integration's user granted
     `sources.add_message`."""
-    return is_staff(user) or (_signed_in(user) and user.has_perm("sources.add_message"))
+    return is_staff(user) or (signed_in(user) and user.has_perm("sources.add_message"))
 
 
-def addable_chats(user: User | None, project: Project | None) -> QuerySet[Chat]:
+def addable_chats(user: AnyUser | None, project: Project | None) -> QuerySet[Chat]:
     """The chats `user` may have `project`'s configuration read: those no other project's
     current configuration reads, or only projects `user` leads read, and those `project`
     reads already. Every chat for staff, and for the system (`user` None)."""
     chats = Chat.objects.all()
     if user is None or is_staff(user):
         return chats
-    if not _signed_in(user):
+    if not signed_in(user):
         return chats.none()
     led = _memberships(user, Action.CONFIGURE).values("project_id")
     others = _current_reads().exclude(projectconfig__project_id__in=led)

@@ -6,13 +6,14 @@ dropped, so clearing a row removes it as ticking "Remove" does.
 """
 
 import re
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
+from django.http import QueryDict
 
 from projects.models import Project, ProjectConfig, ProjectMembership, Task
 from projects.selectors import chat_choices, editable_state
@@ -26,9 +27,11 @@ from projects.services import (
 )
 from sources.models import Chat
 from tasktracker.exceptions import DomainError
+from tasktracker.types import AnyUser
 
 _SEPARATORS = re.compile(r"[,\n]")
-UserChoices = list[tuple[Any, str]]
+# (user id, label), after a blank ("", "---------") first choice.
+UserChoices = list[tuple[int | str, str]]
 
 
 def _validation_error(exc: DomainError) -> ValidationError:
@@ -121,7 +124,7 @@ class ProjectConfigForm(forms.Form):
 
     def __init__(self, *args: Any, user_choices: UserChoices, chats: QuerySet[Chat], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["default_assignee"].choices = user_choices
+        cast(forms.TypedChoiceField, self.fields["default_assignee"]).choices = user_choices
         self.fields["chats"].widget.choices = [(chat.pk, str(chat)) for chat in chats]
 
     def clean_language(self) -> str:
@@ -143,7 +146,8 @@ class RowForm(forms.Form):
     required_fields: tuple[str, ...] = ()
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         filled = [name for name in self.required_fields if cleaned.get(name) not in (None, "", [])]
         if filled:
             for name in self.required_fields:
@@ -183,7 +187,7 @@ class TeamMemberForm(RowForm):
 
     def __init__(self, *args: Any, user_choices: UserChoices, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["user"].choices = user_choices
+        cast(forms.TypedChoiceField, self.fields["user"]).choices = user_choices
 
 
 class RowFormSet(forms.BaseFormSet):
@@ -206,8 +210,9 @@ class TeamFormSet(RowFormSet):
             raise _validation_error(exc) from exc
 
 
-def _formset(form: type[forms.Form], formset: type[forms.BaseFormSet] = RowFormSet) -> type:
-    return forms.formset_factory(form, formset=formset, extra=2, can_delete=True)
+def _formset(form: type[RowForm], formset: type[RowFormSet] = RowFormSet) -> type[RowFormSet]:
+    # `formset_factory` makes a subclass of `formset`, which its stub forgets.
+    return cast(type[RowFormSet], forms.formset_factory(form, formset=formset, extra=2, can_delete=True))
 
 
 GlossaryFormSet = _formset(GlossaryEntryForm)
@@ -228,8 +233,8 @@ class ConfigEditor:
         *,
         project: Project,
         config: ProjectConfig | None,
-        user: AbstractBaseUser | AnonymousUser,
-        data: Any = None,
+        user: AnyUser,
+        data: QueryDict | None = None,
     ) -> None:
         state = editable_state(project, config)
         choices = user_choices({m["user_id"] for m in state["team"]})
@@ -332,11 +337,14 @@ class TaskFilterForm(forms.Form):
     """The task list's filters, read from the query string; a bad value filters nothing."""
 
     status = forms.ChoiceField(choices=[("", "All statuses"), *Task.Status.choices], required=False)
-    assignee = forms.ModelChoiceField(queryset=None, required=False, empty_label="Anyone")
+    # Quoted: `ModelChoiceField` is generic in its stub only.
+    assignee: "forms.ModelChoiceField[User]" = forms.ModelChoiceField(
+        queryset=None, required=False, empty_label="Anyone"
+    )
 
-    def __init__(self, *args: Any, team: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, team: QuerySet[User], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["assignee"].queryset = team
+        cast("forms.ModelChoiceField[User]", self.fields["assignee"]).queryset = team
 
     def values(self) -> dict[str, Any]:
         self.is_valid()
@@ -349,8 +357,11 @@ class TaskUpdateForm(forms.Form):
     """A task's status and assignee, as its row on the task list changes them."""
 
     status = forms.ChoiceField(choices=Task.Status.choices)
-    assignee = forms.ModelChoiceField(queryset=None, required=False, empty_label="Nobody")
+    # Quoted: `ModelChoiceField` is generic in its stub only.
+    assignee: "forms.ModelChoiceField[User]" = forms.ModelChoiceField(
+        queryset=None, required=False, empty_label="Nobody"
+    )
 
-    def __init__(self, *args: Any, team: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, team: QuerySet[User], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["assignee"].queryset = team
+        cast("forms.ModelChoiceField[User]", self.fields["assignee"]).queryset = team

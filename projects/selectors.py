@@ -6,20 +6,20 @@ versioned field (`CONFIG_FIELDS`), chats and users by id, lists in a stable orde
 versions are equal exactly when their states are equal.
 """
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, NamedTuple, TypedDict
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Case, Count, OuterRef, Prefetch, Q, QuerySet, Subquery, When
 
 from projects import access
 from projects.models import Project, ProjectConfig, ProjectMembership, Task
 from sources.models import Chat
 from tasktracker.exceptions import DomainError
+from tasktracker.types import AnyUser
 
-User = AbstractBaseUser | AnonymousUser
 OPEN_TASK_STATUSES = (Task.Status.OPEN, Task.Status.IN_PROGRESS)
 
 
@@ -172,7 +172,12 @@ class FieldChange(NamedTuple):
 
 
 def diff_states(old: ConfigState, new: ConfigState) -> list[FieldChange]:
-    return [FieldChange(name, old[name], new[name]) for name in CONFIG_FIELDS if old[name] != new[name]]
+    # By name, as plain mappings: a TypedDict is read only with literal keys.
+    before: Mapping[str, object] = old
+    after: Mapping[str, object] = new
+    return [
+        FieldChange(name, before[name], after[name]) for name in CONFIG_FIELDS if before[name] != after[name]
+    ]
 
 
 def diff_configs(a: ProjectConfig, b: ProjectConfig) -> list[FieldChange]:
@@ -191,8 +196,9 @@ class ComparedField:
     field: str
     label: str
     changed: bool
-    old: list[Line] = field(default_factory=list)
-    new: list[Line] = field(default_factory=list)
+    # `dataclasses.field`: the bare name is the `field` attribute above.
+    old: list[Line] = dataclasses.field(default_factory=list)
+    new: list[Line] = dataclasses.field(default_factory=list)
 
 
 def _deleted_user(user_id: int) -> str:
@@ -232,11 +238,14 @@ def compare_configs(a: ProjectConfig, b: ProjectConfig) -> list[ComparedField]:
     user_ids |= {state["default_assignee"] for state in (old, new) if state["default_assignee"]}
     users = dict(get_user_model().objects.filter(pk__in=user_ids).values_list("pk", "username"))
     chats = {chat.pk: str(chat) for config in (a, b) for chat in config.chats.all()}
+    # By name, as plain mappings: a TypedDict is read only with literal keys.
+    before: Mapping[str, object] = old
+    after: Mapping[str, object] = new
     compared = []
     for name in CONFIG_FIELDS:
-        old_lines = _display_lines(name, old[name], users, chats)
-        new_lines = _display_lines(name, new[name], users, chats)
-        changed = old[name] != new[name]
+        old_lines = _display_lines(name, before[name], users, chats)
+        new_lines = _display_lines(name, after[name], users, chats)
+        changed = before[name] != after[name]
         compared.append(
             ComparedField(
                 field=name,
@@ -272,7 +281,7 @@ def versions_for_diff(project: Project, a: str, b: str) -> tuple[ProjectConfig, 
 # Projects and tasks, as a user may see them (`projects.access` says who sees what)
 
 
-def projects_visible_to(user: User) -> QuerySet[Project]:
+def projects_visible_to(user: AnyUser) -> QuerySet[Project]:
     """Projects a user is on (all for staff), with their current version, leads, member
     and open task counts: a constant number of queries however many projects."""
     open_tasks = (
@@ -304,7 +313,7 @@ def projects_visible_to(user: User) -> QuerySet[Project]:
     )
 
 
-def project_detail(user: User) -> QuerySet[Project]:
+def project_detail(user: AnyUser) -> QuerySet[Project]:
     """The projects a user sees, with their team (users joined) and default assignee, for
     one project's pages."""
     return (
@@ -341,11 +350,11 @@ def tasks_of_project(
     return tasks.order_by(open_first, "-created_at", "-pk")
 
 
-def tasks_visible_to(user: User) -> QuerySet[Task]:
+def tasks_visible_to(user: AnyUser) -> QuerySet[Task]:
     """Tasks of the projects a user is on (all for staff)."""
     return access.scope(Task.objects.select_related("project", "assignee"), user)
 
 
-def chat_choices(user: User | None, project: Project | None) -> QuerySet[Chat]:
+def chat_choices(user: AnyUser | None, project: Project | None) -> QuerySet[Chat]:
     """The chats a user may choose for a project's configuration (`access.addable_chats`)."""
     return access.addable_chats(user, project).order_by("title", "telegram_id")

@@ -1,21 +1,24 @@
 """The team lead's pages: projects, a project, its configuration form, history, rollback."""
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol, cast
 from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.db.models import QuerySet
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from projects import access
 from projects.forms import ConfigEditor, NewProjectForm, TaskFilterForm, TaskUpdateForm
-from projects.models import Project, Task
+from projects.models import Project, ProjectConfig, Task
 from projects.selectors import (
     compare_configs,
     config_history,
@@ -30,16 +33,27 @@ from projects.selectors import (
 )
 from projects.services import TASK_TRANSITIONS, bump_config, create_project, rollback_config, update_task
 from tasktracker.exceptions import DomainError
+from tasktracker.types import AuthedRequest
 
 OPEN_TASKS_SHOWN = 50
 
 
-def _project(request: HttpRequest, slug: str) -> Project:
+class _ListedProject(Protocol):
+    """A project as `projects_visible_to` reads it (`current_configs` is a prefetch's
+    `to_attr`, which the ORM's types do not know), with what the list page adds."""
+
+    pk: int
+    current_configs: list[ProjectConfig]
+    current_config: ProjectConfig | None
+    can_edit: bool
+
+
+def _project(request: AuthedRequest, slug: str) -> Project:
     """A project the user may see; 404 for the others, as if it did not exist."""
     return get_object_or_404(project_detail(request.user), slug=slug)
 
 
-def _editable(request: HttpRequest, slug: str) -> Project:
+def _editable(request: AuthedRequest, slug: str) -> Project:
     """A project the user may configure; 403 for one they only see."""
     project = _project(request, slug)
     if not access.can(request.user, project, access.Action.CONFIGURE):
@@ -48,7 +62,7 @@ def _editable(request: HttpRequest, slug: str) -> Project:
 
 
 @login_required
-def project_list(request: HttpRequest) -> HttpResponse:
+def project_list(request: AuthedRequest) -> HttpResponse:
     user = request.user
     page = Paginator(projects_visible_to(user), 50).get_page(request.GET.get("page"))
     configurable = set(
@@ -56,7 +70,7 @@ def project_list(request: HttpRequest) -> HttpResponse:
         .filter(pk__in=[project.pk for project in page])
         .values_list("pk", flat=True)
     )
-    for project in page:
+    for project in cast(Iterable[_ListedProject], page):
         project.can_edit = project.pk in configurable
         project.current_config = project.current_configs[0] if project.current_configs else None
     return render(
@@ -65,7 +79,7 @@ def project_list(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def project_new(request: HttpRequest) -> HttpResponse:
+def project_new(request: AuthedRequest) -> HttpResponse:
     if not access.can_create_projects(request.user):
         raise PermissionDenied
     form = NewProjectForm(request.POST or None)
@@ -86,7 +100,7 @@ def project_new(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def project_page(request: HttpRequest, slug: str) -> HttpResponse:
+def project_page(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _project(request, slug)
     config = current_config(project)
     tasks = open_tasks(project)
@@ -104,7 +118,7 @@ def project_page(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 @login_required
-def project_edit(request: HttpRequest, slug: str) -> HttpResponse:
+def project_edit(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _editable(request, slug)
     config = current_config(project)
     editor = ConfigEditor(project=project, config=config, user=request.user, data=request.POST or None)
@@ -136,7 +150,7 @@ def project_edit(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 @login_required
-def project_history(request: HttpRequest, slug: str) -> HttpResponse:
+def project_history(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _project(request, slug)
     page = Paginator(config_history(project), 50).get_page(request.GET.get("page"))
     versions = list(page)
@@ -172,7 +186,7 @@ def project_history(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def project_rollback(request: HttpRequest, slug: str) -> HttpResponse:
+def project_rollback(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _editable(request, slug)
     version = request.POST.get("version", "")
     previous = current_config(project)
@@ -186,12 +200,12 @@ def project_rollback(request: HttpRequest, slug: str) -> HttpResponse:
     return redirect(f"{reverse('projects:project-history', args=[project.slug])}?{query}")
 
 
-def _team(project: Project) -> Any:
+def _team(project: Project) -> QuerySet[User]:
     return get_user_model().objects.filter(project_memberships__project=project).order_by("username")
 
 
 @login_required
-def project_tasks(request: HttpRequest, slug: str) -> HttpResponse:
+def project_tasks(request: AuthedRequest, slug: str) -> HttpResponse:
     """A project's tasks, filtered by status and assignee; its team moves them and assigns
     them on the page (`task_update`)."""
     project = _project(request, slug)
@@ -222,7 +236,7 @@ def project_tasks(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def task_update(request: HttpRequest, task_id: int) -> HttpResponse:
+def task_update(request: AuthedRequest, task_id: int) -> HttpResponse:
     """Move a task and/or assign it, through `update_task`; back to the list it came from."""
     task = get_object_or_404(tasks_visible_to(request.user), pk=task_id)
     form = TaskUpdateForm(request.POST, team=_team(task.project), prefix=f"t{task.pk}")

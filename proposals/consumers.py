@@ -1,9 +1,9 @@
-from typing import Any
-
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from proposals.selectors import projects_reviewable_by
+from tasktracker.realtime import RealtimeMessage
+from tasktracker.types import AnyUser
 
 
 def proposal_group(project_id: int) -> str:
@@ -33,9 +33,9 @@ class ReviewQueueConsumer(AsyncJsonWebsocketConsumer):
         for group in getattr(self, "proposal_groups", []):
             await self.channel_layer.group_discard(group, self.channel_name)
 
-    async def realtime_event(self, message: dict[str, Any]) -> None:
+    async def realtime_event(self, message: RealtimeMessage) -> None:
         await self.send_json({"event": message["event"], "seq": message["seq"], "data": message["data"]})
 
     @database_sync_to_async
-    def _reviewable_project_ids(self, user: Any) -> list[int]:
+    def _reviewable_project_ids(self, user: AnyUser) -> list[int]:
         return list(projects_reviewable_by(user).values_list("pk", flat=True))

@@ -1,10 +1,12 @@
 """Forms of the review pages and the admin. They only validate input: every change goes
 through the review services."""
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
+from django.db.models import QuerySet
 
 from projects.models import Project
 from proposals.models import TaskProposal
@@ -15,7 +17,7 @@ from sources.models import Message
 ALL_STATUSES = "all"
 
 
-class TagsField(forms.CharField):
+class TagsField(forms.Field):
     """Tags typed as one comma-separated line, kept as a list."""
 
     def prepare_value(self, value: Any) -> Any:
@@ -51,9 +53,8 @@ class ProposalEditForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if "suggested_assignee" in self.fields:
-            self.fields["suggested_assignee"].queryset = (
-                get_user_model().objects.filter(is_active=True).order_by("username")
-            )
+            assignee = cast("forms.ModelChoiceField[User]", self.fields["suggested_assignee"])
+            assignee.queryset = get_user_model().objects.filter(is_active=True).order_by("username")
 
     def edits(self) -> dict[str, Any]:
         """What the reviewer changed, as the services take it."""
@@ -89,9 +90,9 @@ class QueueFilterForm(forms.Form):
     # The run page links here with its id; the queue keeps it until cleared.
     run = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1, widget=forms.HiddenInput)
 
-    def __init__(self, *args: Any, projects: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, projects: QuerySet[Project], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["project"].queryset = projects
+        cast("forms.ModelChoiceField[Project]", self.fields["project"]).queryset = projects
 
     def values(self) -> dict[str, Any]:
         """`project_id`, `band`, `run_id`, `status` (a status or `ALL_STATUSES`) and `text`
@@ -108,20 +109,26 @@ class QueueFilterForm(forms.Form):
         }
 
 
+class SourceMessagesField(forms.ModelMultipleChoiceField):
+    """Source messages as ticked boxes, each labelled with its author and text."""
+
+    def label_from_instance(self, obj: Message) -> str:
+        return f"{obj.author_name or 'unknown'}: {obj.text[:120]}"
+
+
 class SplitPartForm(forms.Form):
     """One part of a split: a title, an optional description and some of the proposal's
     source messages (all of them unless the reviewer unticks some)."""
 
     title = forms.CharField(max_length=300)
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
-    sources = forms.ModelMultipleChoiceField(
+    sources = SourceMessagesField(
         queryset=Message.objects.none(), widget=forms.CheckboxSelectMultiple, label="Source messages"
     )
 
-    def __init__(self, *args: Any, messages: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, messages: QuerySet[Message], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["sources"].queryset = messages
-        self.fields["sources"].label_from_instance = lambda m: f"{m.author_name or 'unknown'}: {m.text[:120]}"
+        cast(SourceMessagesField, self.fields["sources"]).queryset = messages
         if not self.is_bound:
             self.initial.setdefault("sources", [m.pk for m in messages])
 

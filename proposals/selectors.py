@@ -2,8 +2,9 @@
 reviews which proposals is `projects.access`'s to say: the members of a project see its
 proposals, its reviewers and leads review them."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol, cast
 
 from django.db.models import Count, Prefetch, Q, QuerySet, prefetch_related_objects
 
@@ -11,6 +12,7 @@ from projects import access
 from projects.models import Project, ProjectMembership, Task
 from proposals.models import HIGH_CONFIDENCE, MEDIUM_CONFIDENCE, ReviewEvent, TaskProposal
 from sources.models import Chat, Message
+from tasktracker.types import AnyUser
 
 
 def proposal_list() -> QuerySet[TaskProposal]:
@@ -22,13 +24,15 @@ def proposal_list() -> QuerySet[TaskProposal]:
     )
 
 
-def proposals_visible_to(user: Any, queryset: QuerySet[TaskProposal] | None = None) -> QuerySet[TaskProposal]:
+def proposals_visible_to(
+    user: AnyUser, queryset: QuerySet[TaskProposal] | None = None
+) -> QuerySet[TaskProposal]:
     """Proposals of the projects a user is on (all for staff); `proposal_list()` by default."""
     return access.scope(proposal_list() if queryset is None else queryset, user)
 
 
 def proposals_reviewable_by(
-    user: Any, queryset: QuerySet[TaskProposal] | None = None
+    user: AnyUser, queryset: QuerySet[TaskProposal] | None = None
 ) -> QuerySet[TaskProposal]:
     """Proposals of the projects a user reviews (all for staff)."""
     return access.scope(proposal_list() if queryset is None else queryset, user, access.Action.REVIEW)
@@ -55,7 +59,7 @@ def filter_band(queryset: QuerySet[TaskProposal], band: str | None) -> QuerySet[
 
 
 def review_queue(
-    user: Any,
+    user: AnyUser,
     *,
     project_id: int | None = None,
     band: str | None = None,
@@ -98,7 +102,13 @@ def queue_progress(queue: QuerySet[TaskProposal]) -> QueueProgress:
     return QueueProgress(reviewed=counts["total"] - counts["pending"], total=counts["total"])
 
 
-def triage_list(queue: QuerySet[TaskProposal], *, limit: int) -> list[TaskProposal]:
+class _Triaged(Protocol):
+    """What `triage_list` adds to a proposal, for the page to show."""
+
+    first_source: Message | None
+
+
+def triage_list(queue: QuerySet[TaskProposal], *, limit: int) -> Sequence[TaskProposal]:
     """The first `limit` proposals of a queue as the list beside the shown one, each with
     its first source message (`first_source`): two queries."""
     first_sources = Prefetch(
@@ -108,7 +118,7 @@ def triage_list(queue: QuerySet[TaskProposal], *, limit: int) -> list[TaskPropos
     )
     rows = list(queue.select_related(None).prefetch_related(None).prefetch_related(first_sources)[:limit])
     for row in rows:
-        row.first_source = row.ordered_sources[0] if row.ordered_sources else None
+        cast(_Triaged, row).first_source = row.ordered_sources[0] if row.ordered_sources else None
     return rows
 
 
@@ -165,17 +175,17 @@ def message_context(message: Message, *, around: int = 3) -> list[Message]:
 # The review pages: who reviews what, where a proposal sits in the queue, its chat context.
 
 
-def may_review_any(user: Any) -> bool:
+def may_review_any(user: AnyUser) -> bool:
     """Whether the user reviews some project's proposals: staff, or a reviewer or lead of one."""
     return access.can_anywhere(user, access.Action.REVIEW)
 
 
-def projects_reviewable_by(user: Any) -> QuerySet[Project]:
+def projects_reviewable_by(user: AnyUser) -> QuerySet[Project]:
     """The projects whose proposals the user reviews."""
     return access.projects(user, access.Action.REVIEW)
 
 
-def who_reviews_for(user: Any) -> list[ProjectMembership]:
+def who_reviews_for(user: AnyUser) -> list[ProjectMembership]:
     """Who reviews the proposals of the projects a user is on: their reviewers and leads,
     for a user who reviews none of them to ask."""
     return list(access.reviewers(access.project_ids(user)))

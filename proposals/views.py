@@ -15,7 +15,8 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.forms import BaseFormSet
+from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.html import format_html
@@ -58,6 +59,7 @@ from proposals.services import (
     undo_last_action,
 )
 from tasktracker.exceptions import DomainError
+from tasktracker.types import AnyUser, AuthedRequest
 
 # The proposal last reviewed in this session, offered for undo on the next page.
 LAST_REVIEWED = "proposals.last_reviewed"
@@ -72,7 +74,7 @@ class QueueFilters:
     text: str = ""
 
     @property
-    def query_pairs(self) -> list[tuple[str, Any]]:
+    def query_pairs(self) -> list[tuple[str, int | str]]:
         """The filters that differ from the default, as query-string pairs."""
         status = self.status if self.status != TaskProposal.Status.PENDING else None
         pairs = (
@@ -88,12 +90,12 @@ class QueueFilters:
     def query(self) -> str:
         return urlencode(self.query_pairs)
 
-    def url(self, name: str, *args: Any) -> str:
+    def url(self, name: str, *args: int | str) -> str:
         """A review page's URL that keeps the queue's filters."""
         url = reverse(f"proposals:{name}", args=args)
         return f"{url}?{self.query}" if self.query else url
 
-    def queue(self, user: Any, *, status: str | None = None) -> QuerySet[TaskProposal]:
+    def queue(self, user: AnyUser, *, status: str | None = None) -> QuerySet[TaskProposal]:
         """The filtered proposals: of the filter's status, or of `status` when given."""
         status = status or self.status
         return review_queue(
@@ -105,11 +107,11 @@ class QueueFilters:
             text=self.text,
         )
 
-    def pending(self, user: Any) -> QuerySet[TaskProposal]:
+    def pending(self, user: AnyUser) -> QuerySet[TaskProposal]:
         return self.queue(user, status=TaskProposal.Status.PENDING)
 
 
-def _filters(request: HttpRequest) -> tuple[QueueFilterForm, QueueFilters]:
+def _filters(request: AuthedRequest) -> tuple[QueueFilterForm, QueueFilters]:
     form = QueueFilterForm(request.GET, projects=projects_reviewable_by(request.user).order_by("name"))
     return form, QueueFilters(**form.values())
 
@@ -138,13 +140,13 @@ def review_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse
     return wrapper
 
 
-def _reviewer(request: HttpRequest) -> None:
+def _reviewer(request: AuthedRequest) -> None:
     if not may_review_any(request.user):
         raise NotAReviewer
 
 
 def _reviewable(
-    request: HttpRequest, proposal_id: int, queryset: QuerySet[TaskProposal] | None = None
+    request: AuthedRequest, proposal_id: int, queryset: QuerySet[TaskProposal] | None = None
 ) -> TaskProposal:
     """A proposal the user reviews: a 404 for one of a project they are not on, as if it did
     not exist, a 403 for one they only see."""
@@ -161,7 +163,7 @@ TRIAGE_LIST_SIZE = 50
 
 
 def _page(
-    request: HttpRequest,
+    request: AuthedRequest,
     proposal: TaskProposal | None,
     filtering: tuple[QueueFilterForm, QueueFilters],
     *,
@@ -194,7 +196,7 @@ def _page(
     return render(request, "proposals/review.html", context, status=status)
 
 
-def _reviewed(request: HttpRequest, proposal: TaskProposal, message: str | SafeString) -> HttpResponse:
+def _reviewed(request: AuthedRequest, proposal: TaskProposal, message: str | SafeString) -> HttpResponse:
     """Report a review and go on to the proposal after it in the queue (or the queue's top)."""
     messages.success(request, message)
     request.session[LAST_REVIEWED] = {"id": proposal.pk, "title": proposal.title}
@@ -204,7 +206,7 @@ def _reviewed(request: HttpRequest, proposal: TaskProposal, message: str | SafeS
     return redirect(filters.url("proposal", next_id) if next_id else filters.url("queue"))
 
 
-def _refused(request: HttpRequest, proposal: TaskProposal, error: DomainError) -> HttpResponse:
+def _refused(request: AuthedRequest, proposal: TaskProposal, error: DomainError) -> HttpResponse:
     messages.error(request, error.message)
     _, filters = _filters(request)
     return redirect(filters.url("proposal", proposal.pk))
@@ -212,7 +214,7 @@ def _refused(request: HttpRequest, proposal: TaskProposal, error: DomainError) -
 
 @login_required
 @review_page
-def queue(request: HttpRequest) -> HttpResponse:
+def queue(request: AuthedRequest) -> HttpResponse:
     _reviewer(request)
     filtering = _filters(request)
     return _page(request, filtering[1].queue(request.user).first(), filtering)
@@ -220,12 +222,12 @@ def queue(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @review_page
-def proposal_page(request: HttpRequest, proposal_id: int) -> HttpResponse:
+def proposal_page(request: AuthedRequest, proposal_id: int) -> HttpResponse:
     return _page(request, _reviewable(request, proposal_id, proposal_list()), _filters(request))
 
 
 @login_required
-def queue_state(request: HttpRequest) -> JsonResponse:
+def queue_state(request: AuthedRequest) -> JsonResponse:
     """The snapshot an open queue reloads when a review happens elsewhere: how many remain,
     and the status of the proposal it shows (`?current=<id>`)."""
     _reviewer(request)
@@ -247,7 +249,7 @@ def queue_state(request: HttpRequest) -> JsonResponse:
 @login_required
 @require_POST
 @review_page
-def approve(request: HttpRequest, proposal_id: int) -> HttpResponse:
+def approve(request: AuthedRequest, proposal_id: int) -> HttpResponse:
     proposal = _reviewable(request, proposal_id)
     try:
         task = approve_proposal(proposal_id=proposal.pk, user=request.user)
@@ -264,7 +266,7 @@ def approve(request: HttpRequest, proposal_id: int) -> HttpResponse:
 @login_required
 @require_POST
 @review_page
-def reject(request: HttpRequest, proposal_id: int) -> HttpResponse:
+def reject(request: AuthedRequest, proposal_id: int) -> HttpResponse:
     proposal = _reviewable(request, proposal_id)
     form = RejectForm(request.POST)
     if form.is_valid():
@@ -280,7 +282,7 @@ def reject(request: HttpRequest, proposal_id: int) -> HttpResponse:
 
 @login_required
 @review_page
-def edit(request: HttpRequest, proposal_id: int) -> HttpResponse:
+def edit(request: AuthedRequest, proposal_id: int) -> HttpResponse:
     """Change the proposal's fields, then save it (still pending) or approve it as changed."""
     proposal = _reviewable(request, proposal_id, proposal_list())
     form = ProposalEditForm(request.POST or None, instance=proposal)
@@ -316,7 +318,7 @@ def edit(request: HttpRequest, proposal_id: int) -> HttpResponse:
 @login_required
 @require_POST
 @review_page
-def merge(request: HttpRequest, proposal_id: int) -> HttpResponse:
+def merge(request: AuthedRequest, proposal_id: int) -> HttpResponse:
     """Merge the proposal with the similar proposal it was linked to."""
     proposal = _reviewable(request, proposal_id)
     try:
@@ -331,7 +333,7 @@ def merge(request: HttpRequest, proposal_id: int) -> HttpResponse:
 @login_required
 @require_POST
 @review_page
-def undo(request: HttpRequest, proposal_id: int) -> HttpResponse:
+def undo(request: AuthedRequest, proposal_id: int) -> HttpResponse:
     proposal = _reviewable(request, proposal_id)
     try:
         restored = undo_last_action(proposal_id=proposal.pk, user=request.user)
@@ -345,9 +347,9 @@ def undo(request: HttpRequest, proposal_id: int) -> HttpResponse:
     return redirect(filters.url("proposal", proposal.pk))
 
 
-def _with_another_part(data: Any, formset: Any) -> list[dict[str, Any]]:
+def _with_another_part(data: QueryDict, formset: BaseFormSet) -> list[dict[str, str | list[str]]]:
     """The parts typed so far, and an empty one: the split page's "Add a part"."""
-    parts = [
+    parts: list[dict[str, str | list[str]]] = [
         {
             "title": data.get(f"part-{number}-title", ""),
             "description": data.get(f"part-{number}-description", ""),
@@ -360,7 +362,7 @@ def _with_another_part(data: Any, formset: Any) -> list[dict[str, Any]]:
 
 @login_required
 @review_page
-def split(request: HttpRequest, proposal_id: int) -> HttpResponse:
+def split(request: AuthedRequest, proposal_id: int) -> HttpResponse:
     """Split the proposal into parts (two at first; "Add a part" adds one), each with a
     title and some of its source messages."""
     proposal = _reviewable(request, proposal_id, proposal_list())
@@ -393,7 +395,7 @@ def split(request: HttpRequest, proposal_id: int) -> HttpResponse:
 
 @login_required
 @review_page
-def duplicate(request: HttpRequest, proposal_id: int) -> HttpResponse:
+def duplicate(request: AuthedRequest, proposal_id: int) -> HttpResponse:
     """Mark the proposal as a duplicate of a live proposal or a task of its project, found
     by searching their titles (`?find=`; `q` is the queue's own search, kept for the way
     back); with no search, the ones it was linked to."""

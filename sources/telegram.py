@@ -8,7 +8,7 @@ refused as such (`ValueError`) and never reaches the database as a value it cann
 import json
 import re
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from telegram import Bot, Update
@@ -16,6 +16,10 @@ from telegram import Chat as TelegramChat
 from telegram import Message as TelegramMessage
 
 from sources.models import Chat
+
+if TYPE_CHECKING:
+    # Only for annotations: `sources.services` imports this module.
+    from sources.services.upsert import ChatData, MessageData
 
 # The update kinds that carry a chat message; any other kind is acknowledged and skipped.
 MESSAGE_KINDS = ("message", "edited_message", "channel_post", "edited_channel_post")
@@ -92,7 +96,7 @@ def update_kind(data: dict[str, Any]) -> str:
     return others[0] if others and _KIND_NAME.fullmatch(others[0]) else "unknown"
 
 
-def read_message(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+def read_message(data: dict[str, Any]) -> "tuple[ChatData, MessageData] | None":
     """The chat and the message of an update of a `MESSAGE_KINDS` kind, as
     `get_or_create_chat` and `upsert_messages` take them (None for a null message).
     Raises ValueError for an update that is not one."""
@@ -102,7 +106,7 @@ def read_message(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] 
     return chat_fields(message.chat), message_fields(message, raw=data)
 
 
-def chat_fields(chat: TelegramChat | None) -> dict[str, Any]:
+def chat_fields(chat: TelegramChat | None) -> "ChatData":
     """A Bot API chat as `get_or_create_chat` takes it. Raises ValueError for a missing
     chat, an id that is no 64-bit integer or a name that is no string."""
     if chat is None:
@@ -117,7 +121,7 @@ def chat_fields(chat: TelegramChat | None) -> dict[str, Any]:
     }
 
 
-def message_fields(message: TelegramMessage, raw: dict[str, Any]) -> dict[str, Any]:
+def message_fields(message: TelegramMessage, raw: dict[str, Any]) -> "MessageData":
     """A Bot API message as `sources.services.MessageData`: text or caption, author, times.
     Raises ValueError for a field of the wrong type or an id beyond 64 bits."""
     author = message.from_user

@@ -173,9 +173,9 @@ def supervise(children: list[subprocess.Popen]) -> int:
     while not stopping:
         for child in children:
             if child.poll() is not None:
-                print(
-                    f"{Path(str(child.args[0])).name} exited with {child.returncode}; stopping.", flush=True
-                )
+                # Every child is started with a list of arguments, the program first.
+                program = child.args[0] if isinstance(child.args, list) else child.args
+                print(f"{Path(str(program)).name} exited with {child.returncode}; stopping.", flush=True)
                 exit_code = child.returncode or 1
                 stopping = True
         time.sleep(0.3)

@@ -10,11 +10,20 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from channels.layers import BaseChannelLayer, channel_layers
 
 logger = logging.getLogger(__name__)
+
+
+class RealtimeMessage(TypedDict):
+    """An event as the channel layer carries it to a consumer's `realtime_event`."""
+
+    type: str
+    event: str
+    seq: int
+    data: dict[str, Any]  # JSON
 
 
 @dataclass
@@ -68,7 +77,7 @@ def broadcast(group: str, event: str, data: dict[str, Any], seq: int = 0) -> Non
 
     For sync callers (services on commit, Celery tasks): a thread running an event loop
     would fail here, and is told so in the log."""
-    message = {"type": "realtime.event", "event": event, "seq": seq, "data": data}
+    message = RealtimeMessage(type="realtime.event", event=event, seq=seq, data=data)
     try:
         sender = _sender()
         sender.loop.run_until_complete(sender.layer.group_send(group, message))

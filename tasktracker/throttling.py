@@ -31,7 +31,8 @@ class FailOpenRateThrottle(SimpleRateThrottle):
             return super().allow_request(request, view)
         except redis.RedisError as exc:
             logger.warning("The %s throttle let a request through: its cache failed (%s)", self.scope, exc)
-            request.throttle_cache_failed = True
+            # A mark on this request for its next throttle, which DRF's `Request` does not declare.
+            request.throttle_cache_failed = True  # type: ignore[attr-defined]
             return True
 
 

@@ -6,10 +6,10 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Subquery
 from django.utils import timezone
@@ -20,6 +20,10 @@ from sources.models import Message
 
 SIMILAR_TITLE_RATIO = 0.85
 LIVE = (TaskProposal.Status.PENDING, TaskProposal.Status.APPROVED)
+# An `analysis.AnalysisRun` and an `analysis.Batch` (or None): `proposals` may not import
+# `analysis`, not even for annotations (apps depend one way), so they go untyped here.
+RunRef = Any
+BatchRef = Any
 _SPACES = re.compile(r"\s+")
 
 
@@ -48,7 +52,8 @@ class _Live:
     project_id: int
     messages: set[int]
     task_id: int | None
-    order: tuple[Any, ...]  # TaskProposal's default ordering: -confidence, created_at
+    # TaskProposal's default ordering (-confidence, created_at), then saved before new, then id.
+    order: tuple[float, datetime, int, int]
 
 
 class _Title:
@@ -210,12 +215,12 @@ class NewProposal:
     project: Project
     data: ProposalData
     source_messages: Sequence[Message]
-    suggested_assignee: AbstractBaseUser | None = None
+    suggested_assignee: User | None = None
 
 
 @transaction.atomic(savepoint=False)  # called inside its batch's transaction: no SAVEPOINT
 def create_proposals(
-    *, proposals: Sequence[NewProposal], run: Any = None, batch: Any = None
+    *, proposals: Sequence[NewProposal], run: RunRef = None, batch: BatchRef = None
 ) -> list[TaskProposal]:
     """Save proposals with their sources, in a constant number of queries. A proposal that
     repeats a live one or a task (one saved before, or one before it in `proposals`) is
@@ -251,10 +256,11 @@ def create_proposals(
             similarity_score=similar.score if similar else None,
             similarity_kind=similar.kind if similar else "",
         )
-        if similar and isinstance(similar.proposal, TaskProposal):
-            repeats.append((proposal, similar.proposal))
-        elif similar:
-            proposal.similar_proposal_id = similar.proposal
+        if similar is not None:
+            if isinstance(similar.proposal, TaskProposal):
+                repeats.append((proposal, similar.proposal))
+            else:
+                proposal.similar_proposal_id = similar.proposal
         finder.add(proposal, message_ids=message_ids)
         rows.append(proposal)
     TaskProposal.objects.bulk_create(rows)  # sets the pks (PostgreSQL, SQLite 3.35+)
@@ -276,9 +282,9 @@ def create_proposal(
     project: Project,
     data: ProposalData,
     source_messages: Sequence[Message],
-    suggested_assignee: AbstractBaseUser | None,
-    run: Any = None,
-    batch: Any = None,
+    suggested_assignee: User | None,
+    run: RunRef = None,
+    batch: BatchRef = None,
 ) -> TaskProposal:
     """Save one proposal with its sources, marked with what it repeats (`create_proposals`)."""
     new = NewProposal(project, data, source_messages, suggested_assignee)

@@ -363,7 +363,7 @@ class _ExportStream:
         finally:
             self.writer.close()
 
-    def _read_single_chat(self, source: IO[bytes], header: dict[str, Any]) -> None:
+    def _read_single_chat(self, source: _Rewindable, header: dict[str, Any]) -> None:
         """A single-chat export: its message objects built by ijson's C backend, twice as
         fast as the event walk with a Python builder."""
         self.started = True
@@ -375,7 +375,7 @@ class _ExportStream:
                 self._flush(current)
         self._end_chat(current)
 
-    def _walk(self, source: IO[bytes]) -> None:
+    def _walk(self, source: _Rewindable) -> None:
         """Any shape of export, a full-account one included: its parse events, with each
         message object built by a Python `ObjectBuilder`."""
         header: dict[str, Any] = {}

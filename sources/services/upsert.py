@@ -4,10 +4,11 @@ import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Required, TypedDict
+from typing import Any, Final, Required, TypedDict
 
 import orjson
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Field
 from django.utils import timezone
 from psycopg.types.json import set_json_dumps
 
@@ -38,7 +39,7 @@ _ORJSON_STRICT = (
 # Message's UniqueConstraint on (chat, telegram_id).
 _UNIQUE_MESSAGE_CONSTRAINT = "message_unique_per_chat"
 # The text fields of `MessageData`, whose NUL characters `upsert_messages` drops.
-_TEXT_FIELDS = ("text", "author_name", "forwarded_from")
+_TEXT_FIELDS: Final = ("text", "author_name", "forwarded_from")
 
 
 class MessageData(TypedDict, total=False):
@@ -113,8 +114,11 @@ def _without_nul(data: MessageData) -> MessageData:
         or "\x00" in data.get("forwarded_from", "")
     ):
         return data
-    clean = {name: strip_nul(data[name]) for name in _TEXT_FIELDS if name in data}
-    return {**data, **clean}
+    clean = data.copy()
+    for name in _TEXT_FIELDS:
+        if name in data:
+            clean[name] = strip_nul(data[name])
+    return clean
 
 
 def _insert_messages(*, chat_id: int, messages: list[MessageData]) -> None:
@@ -147,8 +151,8 @@ def _insert_messages(*, chat_id: int, messages: list[MessageData]) -> None:
         )
         return
     quote_name = connection.ops.quote_name
-    fields = [Message._meta.get_field(name) for name in _COPY_FIELDS]
-    columns = ", ".join(quote_name(field.column) for field in fields)
+    copied = [_copy_column(name) for name in _COPY_FIELDS]
+    columns = ", ".join(quote_name(column) for column, _ in copied)
     # Binary: the text format escapes every quote and backslash of the text and the JSON,
     # at twice the cost.
     statement = f"COPY {quote_name(Message._meta.db_table)} ({columns}) FROM STDIN (FORMAT BINARY)"
@@ -161,8 +165,7 @@ def _insert_messages(*, chat_id: int, messages: list[MessageData]) -> None:
     ):
         # `raw` encoded by orjson, for this cursor only: a third of json.dumps's time.
         set_json_dumps(_dump_raw, context=cursor.cursor)
-        # Type names without modifiers: psycopg knows "varchar", not "varchar(255)".
-        copy.set_types([field.db_type(connection).split("(")[0] for field in fields])
+        copy.set_types([type_name for _, type_name in copied])
         write_row = copy.write_row
         for data in messages:
             write_row(
@@ -181,6 +184,17 @@ def _insert_messages(*, chat_id: int, messages: list[MessageData]) -> None:
                     now,
                 )
             )
+
+
+def _copy_column(name: str) -> tuple[str, str]:
+    """The column of a field of `Message` and its type's name without modifiers: psycopg
+    knows "varchar", not "varchar(255)"."""
+    field = Message._meta.get_field(name)
+    # A concrete field (never the reverse side of a relation): it has a column and a type.
+    assert isinstance(field, Field) and field.column is not None
+    db_type = field.db_type(connection)
+    assert db_type is not None
+    return field.column, db_type.split("(")[0]
 
 
 def _dump_raw(value: Any) -> bytes | str:
