@@ -5,7 +5,7 @@ update services, deletes by `delete_configuration` (which refuses one still in u
 the refusals of a service become a form error or an admin message, never a 500.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -37,6 +37,21 @@ from agents.services import (
 )
 from tasktracker.exceptions import DomainError
 
+if TYPE_CHECKING:
+    # A type checker's dependency only (django-stubs brings it): not installed in production.
+    from django_stubs_ext import WithAnnotations
+
+# What `delete_configuration` deletes.
+Configuration = LLMProvider | Agent | TaskConfig | AgentTaskAssignment
+
+
+class AgentCount(TypedDict):
+    agent_count: int
+
+
+class RunCount(TypedDict):
+    run_count: int
+
 
 def _form_fields(form: forms.ModelForm) -> dict[str, Any]:
     """The model fields the form edits, with their cleaned values: what the service writes,
@@ -59,10 +74,10 @@ class DeletesThroughService(admin.ModelAdmin):
     service's refusal is for what changed meanwhile. It rolls back the whole request (the
     log entries, the other rows of a bulk delete) and becomes an error message."""
 
-    def delete_model(self, request: HttpRequest, obj: Model) -> None:
+    def delete_model(self, request: HttpRequest, obj: Configuration) -> None:
         delete_configuration(instance=obj)
 
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Configuration]) -> None:
         for obj in queryset:
             delete_configuration(instance=obj)
 
@@ -73,10 +88,13 @@ class DeletesThroughService(admin.ModelAdmin):
             self.message_user(request, exc.message, messages.ERROR)
             return HttpResponseRedirect(request.get_full_path())
 
-    def response_action(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+    def response_action(
+        self, request: HttpRequest, queryset: QuerySet[Configuration], *args: Any, **kwargs: Any
+    ) -> HttpResponse | None:
+        # `*args, **kwargs`: what a later Django passes (the stubs know its `action_location`).
         try:
             with transaction.atomic():
-                return super().response_action(request, queryset)
+                return super().response_action(request, queryset, *args, **kwargs)
         except DomainError as exc:
             self.message_user(request, exc.message, messages.ERROR)
             return HttpResponseRedirect(request.get_full_path())
@@ -114,7 +132,8 @@ class LLMProviderForm(forms.ModelForm):
         ]
 
     def clean(self) -> dict[str, Any]:
-        cleaned_data = super().clean()
+        super().clean()
+        cleaned_data = self.cleaned_data
         if cleaned_data.get("api_key") and cleaned_data.get("clear_api_key"):
             raise forms.ValidationError("Enter a new API key or remove the key, not both.")
         return cleaned_data
@@ -288,7 +307,8 @@ class AgentTestForm(forms.Form):
 
     def __init__(self, *args: Any, agent: Agent, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["task_config"].queryset = agent.task_configs.filter(is_active=True)
+        task_config = cast(forms.ModelChoiceField, self.fields["task_config"])
+        task_config.queryset = agent.task_configs.filter(is_active=True)
 
     def clean_sample(self) -> list[PromptMessage] | None:
         lines = [line.strip() for line in self.cleaned_data["sample"].splitlines() if line.strip()]
@@ -405,7 +425,7 @@ class TaskConfigAdmin(DeletesThroughService):
         return super().get_queryset(request).annotate(agent_count=Count("assignments"))
 
     @admin.display(description="Agents", ordering="agent_count")
-    def agent_count(self, obj: TaskConfig) -> int:
+    def agent_count(self, obj: "WithAnnotations[TaskConfig, AgentCount]") -> int:
         return obj.agent_count
 
 
@@ -438,5 +458,5 @@ class AgentTaskAssignmentAdmin(DeletesThroughService):
             )
 
     @admin.display(description="Runs", ordering="run_count")
-    def run_count(self, obj: AgentTaskAssignment) -> int:
+    def run_count(self, obj: "WithAnnotations[AgentTaskAssignment, RunCount]") -> int:
         return obj.run_count

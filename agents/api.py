@@ -6,7 +6,7 @@ user reads; writing takes the model's add, change or delete permission, as in th
 (superusers hold them all). API keys are write-only: no response and no log holds one.
 """
 
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from django.db.models import QuerySet
 from django.utils.decorators import method_decorator
@@ -152,7 +152,8 @@ class AgentSerializer(serializers.ModelSerializer):
     provider_name = serializers.CharField(
         source="provider.name", read_only=True, help_text="The provider's name."
     )
-    task_configs = serializers.PrimaryKeyRelatedField(
+    # Quoted: the field is generic in its stub only.
+    task_configs: "serializers.PrimaryKeyRelatedField[TaskConfig]" = serializers.PrimaryKeyRelatedField(
         many=True, read_only=True, help_text="Ids of the task configs assigned; change them at /assignments/."
     )
 
@@ -255,7 +256,8 @@ class AgentTestSerializer(serializers.Serializer):
         help_text="One of the agent's active task configs; left out, its first assigned one.",
         error_messages={"does_not_exist": "Task config {pk_value} is not one of this agent's active ones."},
     )
-    messages = SampleMessageSerializer(
+    # The stubs' serializers take no `max_length`, which DRF (3.15+) hands to the list.
+    messages = SampleMessageSerializer(  # type: ignore[call-arg]
         many=True,
         required=False,
         allow_empty=False,
@@ -266,7 +268,10 @@ class AgentTestSerializer(serializers.Serializer):
     def __init__(self, *args: Any, agent: Agent | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if agent is not None:
-            self.fields["task_config"].queryset = task_configs_for_testing(agent=agent)
+            task_config = cast(serializers.PrimaryKeyRelatedField, self.fields["task_config"])
+            # The stub's `RelatedField.queryset` includes a `Manager`, whose `__get__` mypy then
+            # applies to the field, wrongly.
+            task_config.queryset = task_configs_for_testing(agent=agent)  # type: ignore[arg-type]
 
     def validate_messages(self, messages: list[dict[str, str]]) -> list[PromptMessage]:
         sent_at = sample_messages()[0].sent_at
@@ -328,6 +333,14 @@ _WRITE = "Staff with the model's {perm} permission (superusers have all)."
 _FORBIDDEN = OpenApiResponse(description="Not staff, or without the model's permission.")
 _IN_USE = OpenApiResponse(description="Still in use; the message says by what.")
 
+_Row = TypeVar("_Row", LLMProvider, Agent, TaskConfig)
+
+
+def _stored(serializer: serializers.BaseSerializer[_Row]) -> _Row:
+    """The row an update's serializer was built on: `UpdateModelMixin.update` always gives one."""
+    assert serializer.instance is not None
+    return serializer.instance
+
 
 @extend_schema_view(
     list=extend_schema(
@@ -373,11 +386,11 @@ class ProviderViewSet(viewsets.ModelViewSet):
     def get_queryset(self) -> QuerySet[LLMProvider]:
         return provider_list() if self.action == "list" else provider_detail()
 
-    def perform_create(self, serializer: ProviderSerializer) -> None:
+    def perform_create(self, serializer: serializers.BaseSerializer[LLMProvider]) -> None:
         serializer.instance = create_provider(**serializer.validated_data)
 
-    def perform_update(self, serializer: ProviderSerializer) -> None:
-        serializer.instance = update_provider(provider=serializer.instance, **serializer.validated_data)
+    def perform_update(self, serializer: serializers.BaseSerializer[LLMProvider]) -> None:
+        serializer.instance = update_provider(provider=_stored(serializer), **serializer.validated_data)
 
     def perform_destroy(self, instance: LLMProvider) -> None:
         delete_configuration(instance=instance)
@@ -456,11 +469,11 @@ class AgentViewSet(viewsets.ModelViewSet):
     def get_queryset(self) -> QuerySet[Agent]:
         return agent_list() if self.action == "list" else agent_detail()
 
-    def perform_create(self, serializer: AgentSerializer) -> None:
+    def perform_create(self, serializer: serializers.BaseSerializer[Agent]) -> None:
         serializer.instance = create_agent(**serializer.validated_data)
 
-    def perform_update(self, serializer: AgentSerializer) -> None:
-        serializer.instance = update_agent(agent=serializer.instance, **serializer.validated_data)
+    def perform_update(self, serializer: serializers.BaseSerializer[Agent]) -> None:
+        serializer.instance = update_agent(agent=_stored(serializer), **serializer.validated_data)
 
     def perform_destroy(self, instance: Agent) -> None:
         delete_configuration(instance=instance)
@@ -542,11 +555,11 @@ class TaskConfigViewSet(viewsets.ModelViewSet):
     def get_queryset(self) -> QuerySet[TaskConfig]:
         return task_config_list() if self.action == "list" else task_config_detail()
 
-    def perform_create(self, serializer: TaskConfigSerializer) -> None:
+    def perform_create(self, serializer: serializers.BaseSerializer[TaskConfig]) -> None:
         serializer.instance = create_task_config(**serializer.validated_data)
 
-    def perform_update(self, serializer: TaskConfigSerializer) -> None:
-        serializer.instance = update_task_config(task_config=serializer.instance, **serializer.validated_data)
+    def perform_update(self, serializer: serializers.BaseSerializer[TaskConfig]) -> None:
+        serializer.instance = update_task_config(task_config=_stored(serializer), **serializer.validated_data)
 
     def perform_destroy(self, instance: TaskConfig) -> None:
         delete_configuration(instance=instance)
@@ -590,7 +603,7 @@ class AssignmentViewSet(
     def get_queryset(self) -> QuerySet[AgentTaskAssignment]:
         return assignment_list() if self.action == "list" else assignment_detail()
 
-    def perform_create(self, serializer: AssignmentSerializer) -> None:
+    def perform_create(self, serializer: serializers.BaseSerializer[AgentTaskAssignment]) -> None:
         serializer.instance = assign_task_config(**serializer.validated_data)
 
     def perform_destroy(self, instance: AgentTaskAssignment) -> None:

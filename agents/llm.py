@@ -22,13 +22,16 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urljoin, urlsplit
 
 import openai
 from django.conf import settings
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from openai.types.chat import ChatCompletion
+from openai.types.chat.completion_create_params import ResponseFormat
+from openai.types.shared_params import ResponseFormatJSONObject
 
 from agents.limits import LimitTimeout, LimitUnavailable, provider_slot, take_rate_token
 from agents.models import LLMProvider
@@ -153,11 +156,13 @@ def parse_answer(content: str, schema: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _response_format(kind: str, schema: dict[str, Any], name: str) -> dict[str, Any] | None:
+def _response_format(kind: str, schema: dict[str, Any], name: str) -> ResponseFormat | None:
     if kind == JSON_SCHEMA:
         return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
     if kind == JSON_OBJECT_SCHEMA:
-        return {"type": "json_object", "schema": schema}
+        # The schema beside `json_object` is the servers' extension (see `FORMATS`), which
+        # the SDK's type does not know.
+        return cast(ResponseFormatJSONObject, {"type": "json_object", "schema": schema})
     if kind == JSON_OBJECT:
         return {"type": "json_object"}
     return None
@@ -297,7 +302,7 @@ def _send(
     schema: dict[str, Any],
     schema_name: str,
     **request: Any,
-) -> Any:
+) -> ChatCompletion:
     """Send one chat completion request within the provider's limits (a rate token, then a
     concurrency slot held for the request only), and count its seconds and tokens in
     `usage` whether it is answered or not."""

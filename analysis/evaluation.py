@@ -57,7 +57,7 @@ AMI_ROLES = {
 }
 MEETING_START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 SCRATCH_USERNAME = "evaluate-extraction"
-# The targets, on the development parts (README, "Quality").
+# The quality targets, on the development parts (README, "Quality").
 TARGETS = {
     "prefilter_dropped_share_at_least": 0.50,
     "gold_source_kept_share_at_least": 0.99,

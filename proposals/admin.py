@@ -1,10 +1,10 @@
-from typing import Any
+from typing import Any, Protocol, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.utils import flatten_fieldsets
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.forms import ModelForm
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
@@ -14,6 +14,7 @@ from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
 
 from projects import access
+from projects.models import Task
 from proposals.forms import ProposalEditForm, RejectForm
 from proposals.models import HIGH_CONFIDENCE, MEDIUM_CONFIDENCE, ReviewEvent, TaskProposal, confidence_band
 from proposals.selectors import may_review_any, proposals_visible_to, source_context
@@ -30,8 +31,9 @@ from proposals.services import (
     undo_last_action,
 )
 from tasktracker.exceptions import DomainError
+from tasktracker.types import AuthedRequest
 
-BAND_COLOURS = {
+BAND_COLOURS: dict[str, str] = {
     TaskProposal.Band.HIGH: "#2e7d32",
     TaskProposal.Band.MEDIUM: "#b26a00",
     TaskProposal.Band.LOW: "#c62828",
@@ -66,8 +68,7 @@ class ConfidenceBandFilter(admin.SimpleListFilter):
 
 class ReviewEventInline(admin.TabularInline):
     model = ReviewEvent
-    fields = ["created_at", "user", "action", "note", "before", "after", "task"]
-    readonly_fields = fields
+    fields = readonly_fields = ("created_at", "user", "action", "note", "before", "after", "task")
     extra = 0
     can_delete = False
 
@@ -84,42 +85,11 @@ class ReviewEventInline(admin.TabularInline):
         return False
 
 
-FIELDSETS: list[tuple[str | None, dict[str, Any]]] = [
-    (
-        None,
-        {
-            "fields": [
-                "title",
-                "description",
-                "project",
-                "suggested_assignee",
-                "suggested_assignee_name",
-                "priority",
-                "category",
-                "tags",
-                "due_date",
-            ]
-        },
-    ),
-    ("The model's view", {"fields": ["confidence_badge", "recommendation", "reasoning"]}),
-    ("Source messages in their chat", {"fields": ["sources"]}),
-    ("Similar work", {"fields": ["similar_work"]}),
-    (
-        "Review",
-        {
-            "fields": [
-                "status",
-                "reviewer",
-                "reviewed_at",
-                "review_action",
-                "review_note",
-                "task",
-                "merged_into",
-            ]
-        },
-    ),
-    ("Origin", {"fields": ["run", "batch", "created_at", "updated_at"]}),
-]
+class _Reviewed(Protocol):
+    """What `save_model` leaves on a proposal for `response_change` to report."""
+
+    review_refusal: str
+    review_task: Task | None
 
 
 @admin.register(TaskProposal)
@@ -143,10 +113,43 @@ class TaskProposalAdmin(admin.ModelAdmin):
     list_select_related = ["project", "run"]
     search_fields = ["title", "description", "source_messages__text"]
     date_hierarchy = "created_at"
-    fieldsets = FIELDSETS
-    readonly_fields = [
-        field for _, options in FIELDSETS for field in options["fields"] if field not in EDITABLE_FIELDS
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "title",
+                    "description",
+                    "project",
+                    "suggested_assignee",
+                    "suggested_assignee_name",
+                    "priority",
+                    "category",
+                    "tags",
+                    "due_date",
+                ]
+            },
+        ),
+        ("The model's view", {"fields": ["confidence_badge", "recommendation", "reasoning"]}),
+        ("Source messages in their chat", {"fields": ["sources"]}),
+        ("Similar work", {"fields": ["similar_work"]}),
+        (
+            "Review",
+            {
+                "fields": [
+                    "status",
+                    "reviewer",
+                    "reviewed_at",
+                    "review_action",
+                    "review_note",
+                    "task",
+                    "merged_into",
+                ]
+            },
+        ),
+        ("Origin", {"fields": ["run", "batch", "created_at", "updated_at"]}),
     ]
+    readonly_fields = [field for field in flatten_fieldsets(fieldsets) if field not in EDITABLE_FIELDS]
     inlines = [ReviewEventInline]
     actions = ["approve_selected", "reject_selected", "merge_selected", "mark_duplicate_of_similar"]
     # `get_absolute_url` points back into the admin; "View on site" would be a loop.
@@ -204,8 +207,9 @@ class TaskProposalAdmin(admin.ModelAdmin):
     @admin.display(description="Similar")
     def similar_work(self, obj: TaskProposal) -> SafeString:
         items = []
-        if obj.similar_proposal_id:
-            similar = obj.similar_proposal
+        # No query for an empty key: the descriptor answers None itself.
+        similar = obj.similar_proposal
+        if similar is not None:
             items.append(
                 format_html(
                     'Proposal <a href="{}">{} “{}”</a> ({})',
@@ -215,8 +219,8 @@ class TaskProposalAdmin(admin.ModelAdmin):
                     similar.get_status_display().lower(),
                 )
             )
-        if obj.similar_task_id:
-            task = obj.similar_task
+        task = obj.similar_task
+        if task is not None:
             items.append(
                 format_html(
                     'Task <a href="{}">#{} “{}”</a>',
@@ -293,22 +297,27 @@ class TaskProposalAdmin(admin.ModelAdmin):
                 return HttpResponseRedirect(request.path)
         return super().changeform_view(request, object_id, form_url, extra_context)
 
-    def save_model(self, request: HttpRequest, obj: TaskProposal, form: ModelForm, change: bool) -> None:
+    def save_model(
+        self, request: HttpRequest, obj: TaskProposal, form: ProposalEditForm, change: bool
+    ) -> None:
         """Hand the form's changes to `edit_proposal`, or with "Save and approve" to
         `approve_proposal`, instead of saving the row: the services lock it, check that it
         is pending and leave the review event. A refusal is reported by `response_change`."""
+        # The admin serves signed-in users only (`AdminSite.has_permission`).
+        user = cast(AuthedRequest, request).user
         edits = form.edits()
-        obj.review_refusal = ""
-        obj.review_task = None
+        reviewed = cast(_Reviewed, obj)
+        reviewed.review_refusal = ""
+        reviewed.review_task = None
         try:
             if APPROVE_BUTTON in request.POST:
-                obj.review_task = approve_proposal(proposal_id=obj.pk, user=request.user, edits=edits or None)
+                reviewed.review_task = approve_proposal(proposal_id=obj.pk, user=user, edits=edits or None)
             elif edits:
-                edit_proposal(proposal_id=obj.pk, user=request.user, edits=edits)
+                edit_proposal(proposal_id=obj.pk, user=user, edits=edits)
         except DomainError as exc:
-            obj.review_refusal = exc.message
+            reviewed.review_refusal = exc.message
 
-    def save_related(self, request: HttpRequest, form: ModelForm, formsets: Any, change: bool) -> None:
+    def save_related(self, request: HttpRequest, form: ProposalEditForm, formsets: Any, change: bool) -> None:
         """Nothing to save: the edited fields are not relations, the inline is read-only."""
 
     def log_change(self, request: HttpRequest, obj: TaskProposal, message: Any) -> Any:
@@ -318,8 +327,9 @@ class TaskProposalAdmin(admin.ModelAdmin):
 
     def response_change(self, request: HttpRequest, obj: TaskProposal) -> HttpResponse:
         change_url = reverse("admin:proposals_taskproposal_change", args=[obj.pk])
-        if getattr(obj, "review_refusal", ""):
-            self.message_user(request, obj.review_refusal, messages.ERROR)
+        refusal = getattr(obj, "review_refusal", "")
+        if refusal:
+            self.message_user(request, refusal, messages.ERROR)
             return HttpResponseRedirect(change_url)
         task = getattr(obj, "review_task", None)
         if task is not None:
@@ -327,7 +337,7 @@ class TaskProposalAdmin(admin.ModelAdmin):
             return HttpResponseRedirect(change_url)
         return super().response_change(request, obj)
 
-    def review_view(self, request: HttpRequest, object_id: int, verb: str) -> HttpResponse:
+    def review_view(self, request: AuthedRequest, object_id: int, verb: str) -> HttpResponse:
         """The change page's review buttons: approve, reject (with a reason), mark as a
         duplicate of the similar proposal, undo the last action, reopen."""
         obj = self.get_object(request, str(object_id))
@@ -373,12 +383,14 @@ class TaskProposalAdmin(admin.ModelAdmin):
             self.message_user(request, reason, messages.ERROR)
 
     @admin.action(permissions=["review"], description="Approve the selected proposals")
-    def approve_selected(self, request: HttpRequest, queryset: QuerySet[TaskProposal]) -> None:
+    def approve_selected(self, request: AuthedRequest, queryset: QuerySet[TaskProposal]) -> None:
         ids = list(queryset.values_list("pk", flat=True))
         self._report(request, bulk_review(proposal_ids=ids, user=request.user, action="approve"), "Approved")
 
     @admin.action(permissions=["review"], description="Reject the selected proposals…")
-    def reject_selected(self, request: HttpRequest, queryset: QuerySet[TaskProposal]) -> HttpResponse | None:
+    def reject_selected(
+        self, request: AuthedRequest, queryset: QuerySet[TaskProposal]
+    ) -> HttpResponse | None:
         """Like `delete_selected`: the first request shows the proposals and asks for the
         reason; the confirmation (`post`) rejects them."""
         form = RejectForm(request.POST if request.POST.get("post") else None)
@@ -405,7 +417,7 @@ class TaskProposalAdmin(admin.ModelAdmin):
         )
 
     @admin.action(permissions=["review"], description="Merge the selected proposals into the first listed")
-    def merge_selected(self, request: HttpRequest, queryset: QuerySet[TaskProposal]) -> None:
+    def merge_selected(self, request: AuthedRequest, queryset: QuerySet[TaskProposal]) -> None:
         ids = list(queryset.values_list("pk", flat=True))
         try:
             target = merge_proposals(proposal_ids=ids, user=request.user, into_id=ids[0] if ids else None)
@@ -416,7 +428,7 @@ class TaskProposalAdmin(admin.ModelAdmin):
         self.message_user(request, f"Merged {others} into “{target.title}” ({target.pk}).", messages.SUCCESS)
 
     @admin.action(permissions=["review"], description="Mark as duplicates of their similar proposals")
-    def mark_duplicate_of_similar(self, request: HttpRequest, queryset: QuerySet[TaskProposal]) -> None:
+    def mark_duplicate_of_similar(self, request: AuthedRequest, queryset: QuerySet[TaskProposal]) -> None:
         done = []
         for pk, similar_id in queryset.values_list("pk", "similar_proposal_id"):
             if similar_id is None:
@@ -442,8 +454,7 @@ class ReviewEventAdmin(admin.ModelAdmin):
     list_select_related = ["proposal", "user", "task"]
     search_fields = ["proposal__title", "note", "user__username"]
     date_hierarchy = "created_at"
-    fields = ["created_at", "proposal", "user", "action", "note", "before", "after", "task"]
-    readonly_fields = fields
+    fields = readonly_fields = ("created_at", "proposal", "user", "action", "note", "before", "after", "task")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ReviewEvent]:
         return access.scope(super().get_queryset(request), request.user, via="proposal__project")

@@ -18,7 +18,6 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_
 from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
-from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 
@@ -48,6 +47,7 @@ from proposals.services import (
 from sources.api import MessageSerializer
 from sources.models import Message
 from tasktracker.api import IdFilter, help_texts
+from tasktracker.types import AuthedAPIRequest
 
 # Each proposal of a bulk review is its own transaction (and webhook); a request stays short.
 BULK_REVIEW_MAX_PROPOSALS = 500
@@ -423,7 +423,7 @@ class ProposalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         proposal = proposal_detail().get(pk=proposal_id)
         return Response(ProposalDetailSerializer(proposal).data, status=code)
 
-    def partial_update(self, request: Request, pk: str) -> Response:
+    def partial_update(self, request: AuthedAPIRequest, pk: str) -> Response:
         payload = ProposalEditSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         if not payload.validated_data:
@@ -448,7 +448,7 @@ class ProposalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         },
     )
     @action(detail=True, methods=["post"])
-    def approve(self, request: Request, pk: str) -> Response:
+    def approve(self, request: AuthedAPIRequest, pk: str) -> Response:
         payload = ApproveSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         task = approve_proposal(
@@ -472,7 +472,7 @@ class ProposalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         },
     )
     @action(detail=True, methods=["post"])
-    def reject(self, request: Request, pk: str) -> Response:
+    def reject(self, request: AuthedAPIRequest, pk: str) -> Response:
         payload = RejectSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         proposal = reject_proposal(
@@ -495,7 +495,7 @@ class ProposalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         },
     )
     @action(detail=False, methods=["post"], filter_backends=[], pagination_class=None)
-    def merge(self, request: Request) -> Response:
+    def merge(self, request: AuthedAPIRequest) -> Response:
         payload = MergeSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         target = merge_proposals(
@@ -523,7 +523,7 @@ class ProposalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         },
     )
     @action(detail=True, methods=["post"])
-    def split(self, request: Request, pk: str) -> Response:
+    def split(self, request: AuthedAPIRequest, pk: str) -> Response:
         payload = SplitSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         created = split_proposal(
@@ -550,7 +550,7 @@ class ProposalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         },
     )
     @action(detail=True, methods=["post"])
-    def duplicate(self, request: Request, pk: str) -> Response:
+    def duplicate(self, request: AuthedAPIRequest, pk: str) -> Response:
         payload = DuplicateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
@@ -574,7 +574,7 @@ class ProposalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         },
     )
     @action(detail=True, methods=["post"])
-    def undo(self, request: Request, pk: str) -> Response:
+    def undo(self, request: AuthedAPIRequest, pk: str) -> Response:
         proposal = undo_last_action(proposal_id=int(pk), user=request.user)
         return self._detail(proposal.pk)
 
@@ -590,7 +590,7 @@ class ProposalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         },
     )
     @action(detail=True, methods=["post"])
-    def reopen(self, request: Request, pk: str) -> Response:
+    def reopen(self, request: AuthedAPIRequest, pk: str) -> Response:
         proposal = reopen_proposal(proposal_id=int(pk), user=request.user)
         return self._detail(proposal.pk)
 
@@ -607,7 +607,7 @@ class ProposalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         },
     )
     @action(detail=False, methods=["post"], filter_backends=[], pagination_class=None)
-    def bulk(self, request: Request) -> Response:
+    def bulk(self, request: AuthedAPIRequest) -> Response:
         if not may_review_any(request.user):
             raise PermissionDenied("You review no project's proposals.")
         payload = BulkReviewSerializer(data=request.data)

@@ -10,6 +10,8 @@ from collections.abc import Set
 from datetime import date
 from typing import Any
 
+from django.contrib.auth.models import User
+
 from analysis.models import AnalysisRun
 from projects.models import Project
 from proposals.models import TaskProposal
@@ -150,7 +152,7 @@ def cap_proposals(
     return [p for i, p in enumerate(proposals) if i in kept], [*rejected, *notes]
 
 
-def _assignee(project: Project, name: str) -> Any:
+def _assignee(project: Project, name: str) -> User | None:
     """The team member the LLM named (username, full or first name), else the default."""
     wanted = name.strip().lstrip("@").casefold()
     if wanted:

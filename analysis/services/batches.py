@@ -427,4 +427,4 @@ def save_proposals(*, run: AnalysisRun, batch: Batch, proposals: Sequence[NewPro
         return []
     project_ids = sorted({proposal.project.pk for proposal in proposals})
     list(Project.objects.select_for_update().filter(pk__in=project_ids).order_by("pk").values_list("pk"))
-    return create_proposals(proposals=proposals, run=run, batch=batch)
+    return create_proposals(proposals=proposals, run_id=run.pk, batch_id=batch.pk)

@@ -6,12 +6,12 @@
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
@@ -22,6 +22,7 @@ from analysis.models import AnalysisRun, Batch
 from projects.models import Project, ProjectConfig
 from projects.schedules import parse_schedule
 from proposals.models import TaskProposal, confidence_band
+from sources.models import Chat
 from tasktracker.celery import app as celery_app
 from tasktracker.exceptions import DomainError
 from tasktracker.realtime import broadcast
@@ -40,6 +41,11 @@ def queue_run(run_id: int) -> None:
 
 def queue_batch(batch_id: int, *, countdown: float | None = None) -> None:
     celery_app.send_task(BATCH_TASK, args=[batch_id], countdown=countdown)
+
+
+def queue_batches(batch_ids: Iterable[int]) -> None:
+    for batch_id in batch_ids:
+        queue_batch(batch_id)
 
 
 Status = AnalysisRun.Status
@@ -194,7 +200,23 @@ def batch_states(*, run_id: int) -> list[dict[str, Any]]:
     return [_batch_state(row) for row in _batch_rows(run_id=run_id)]
 
 
-def _batch_rows(*, run_id: int) -> list[dict[str, Any]]:
+class BatchRow(TypedDict):
+    """A batch as `_batch_rows` reads it."""
+
+    index: int
+    status: str
+    message_ids: list[int]
+    token_count: int
+    attempts: int
+    llm_seconds: float
+    error: str
+    error_kind: str
+    proposal_count: int
+    heartbeat_at: datetime | None
+    started_at: datetime | None
+
+
+def _batch_rows(*, run_id: int) -> list[BatchRow]:
     return list(
         Batch.objects.filter(run_id=run_id)
         .order_by("index")
@@ -215,7 +237,7 @@ def _batch_rows(*, run_id: int) -> list[dict[str, Any]]:
     )
 
 
-def _batch_state(row: dict[str, Any]) -> dict[str, Any]:
+def _batch_state(row: BatchRow) -> dict[str, Any]:
     return {
         "index": row["index"],
         "status": row["status"],
@@ -229,7 +251,7 @@ def _batch_state(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _is_stalled(row: dict[str, Any], stale_before: datetime | None) -> bool:
+def _is_stalled(row: BatchRow, stale_before: datetime | None) -> bool:
     """`_stalled`, for a batch's row already read."""
     if stale_before is None or row["status"] != Batch.Status.RUNNING:
         return False
@@ -316,9 +338,9 @@ def start_run(
     window_end: datetime,
     projects: Sequence[Project],
     assignment: AgentTaskAssignment,
-    chats: Sequence[Any] | None = None,
+    chats: Sequence[Chat] | None = None,
     trigger: str = AnalysisRun.Trigger.MANUAL,
-    user: AbstractBaseUser | None = None,
+    user: User | None = None,
 ) -> AnalysisRun:
     """Create a pending run and enqueue it after commit.
 
@@ -373,7 +395,7 @@ def start_run(
     return run
 
 
-FINISH_EVENTS = {Status.COMPLETED: "run_completed", Status.FAILED: "run_failed"}
+FINISH_EVENTS: dict[str, str] = {Status.COMPLETED: "run_completed", Status.FAILED: "run_failed"}
 
 
 def _finish_if_done(*, run_id: int) -> bool:
@@ -412,7 +434,7 @@ def finish_run_if_done(*, run_id: int) -> None:
 
 
 @transaction.atomic
-def cancel_run(*, run: AnalysisRun, user: AbstractBaseUser | None = None) -> AnalysisRun:
+def cancel_run(*, run: AnalysisRun, user: User | None = None) -> AnalysisRun:
     """Cancel a pending or running run; batches not yet claimed are never processed."""
     if not transition_run(run_id=run.pk, to=Status.CANCELLED, finished_at=timezone.now()):
         raise DomainError(f"Run {run.pk} changed meanwhile; reload it.", code="conflict", status=409)
@@ -439,7 +461,7 @@ def retry_failed_batches(*, run: AnalysisRun) -> int:
     )
     AnalysisRun.objects.filter(pk=run.pk).update(batches_failed=F("batches_failed") - len(failed))
     emit(run.pk, "run_started")
-    transaction.on_commit(lambda: [queue_batch(pk) for pk in failed])
+    transaction.on_commit(lambda: queue_batches(failed))
     return len(failed)
 
 
@@ -574,7 +596,7 @@ def requeue_stalled_batches(*, run: AnalysisRun) -> int:
             )
         raise DomainError(f"Run {run.pk} has no stalled batches.", code="no_stalled_batches")
     pending = list(run.batches.filter(status=Batch.Status.PENDING).values_list("pk", flat=True))
-    transaction.on_commit(lambda: [queue_batch(pk) for pk in pending])
+    transaction.on_commit(lambda: queue_batches(pending))
     return len(released)
 
 

@@ -7,7 +7,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import transaction
@@ -20,10 +19,6 @@ from sources.models import Message
 
 SIMILAR_TITLE_RATIO = 0.85
 LIVE = (TaskProposal.Status.PENDING, TaskProposal.Status.APPROVED)
-# An `analysis.AnalysisRun` and an `analysis.Batch` (or None): `proposals` may not import
-# `analysis`, not even for annotations (apps depend one way), so they go untyped here.
-RunRef = Any
-BatchRef = Any
 _SPACES = re.compile(r"\s+")
 
 
@@ -220,12 +215,15 @@ class NewProposal:
 
 @transaction.atomic(savepoint=False)  # called inside its batch's transaction: no SAVEPOINT
 def create_proposals(
-    *, proposals: Sequence[NewProposal], run: RunRef = None, batch: BatchRef = None
+    *, proposals: Sequence[NewProposal], run_id: int | None = None, batch_id: int | None = None
 ) -> list[TaskProposal]:
     """Save proposals with their sources, in a constant number of queries. A proposal that
     repeats a live one or a task (one saved before, or one before it in `proposals`) is
     marked with what it repeats, never dropped, so the reviewer decides. Call inside the
-    transaction that saves their batch (or the split they come from)."""
+    transaction that saves their batch (or the split they come from).
+
+    The run and the batch go by id: `proposals` may not import `analysis`, not even for
+    annotations (apps depend one way), and the rows need only the keys."""
     if not proposals:
         return []
     finder = DuplicateFinder(
@@ -238,8 +236,8 @@ def create_proposals(
         data, message_ids = new.data, [m.pk for m in new.source_messages]
         similar = finder.find(project_id=new.project.pk, message_ids=message_ids, title=data.title)
         proposal = TaskProposal(
-            run=run,
-            batch=batch,
+            run_id=run_id,
+            batch_id=batch_id,
             project=new.project,
             title=data.title[:300],
             description=data.description,
@@ -283,9 +281,9 @@ def create_proposal(
     data: ProposalData,
     source_messages: Sequence[Message],
     suggested_assignee: User | None,
-    run: RunRef = None,
-    batch: BatchRef = None,
+    run_id: int | None = None,
+    batch_id: int | None = None,
 ) -> TaskProposal:
     """Save one proposal with its sources, marked with what it repeats (`create_proposals`)."""
     new = NewProposal(project, data, source_messages, suggested_assignee)
-    return create_proposals(proposals=[new], run=run, batch=batch)[0]
+    return create_proposals(proposals=[new], run_id=run_id, batch_id=batch_id)[0]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -46,7 +47,7 @@ def _snapshot(proposal: TaskProposal) -> dict[str, Any]:
     }
 
 
-def _lock(proposal_id: int, user: Any) -> TaskProposal:
+def _lock(proposal_id: int, user: User) -> TaskProposal:
     """The proposal, locked, once `user` may review it: a 404 for a proposal of a project
     they are not on (as for one that does not exist), a 403 for one they only see."""
     proposal = (
@@ -76,7 +77,7 @@ def _require_pending(proposal: TaskProposal, verb: str) -> None:
 
 def _record(
     proposal: TaskProposal,
-    user: Any,
+    user: User,
     action: str,
     before: dict[str, Any],
     note: str = "",
@@ -130,7 +131,7 @@ def transition_proposal(*, proposal: TaskProposal, to: str) -> None:
     proposal.status = to
 
 
-def _reviewed(proposal: TaskProposal, user: Any, status: str, action: str, note: str = "") -> None:
+def _reviewed(proposal: TaskProposal, user: User, status: str, action: str, note: str = "") -> None:
     transition_proposal(proposal=proposal, to=status)
     proposal.reviewer = user
     proposal.reviewed_at = timezone.now()
@@ -140,7 +141,7 @@ def _reviewed(proposal: TaskProposal, user: Any, status: str, action: str, note:
 
 @transaction.atomic
 def approve_proposal(
-    *, proposal_id: int, user: Any, edits: dict[str, Any] | None = None, add_to_task: bool = False
+    *, proposal_id: int, user: User, edits: dict[str, Any] | None = None, add_to_task: bool = False
 ) -> Task:
     """Approve a pending proposal: it becomes a task of its project (with `edits` applied
     first), or, with `add_to_task`, is added to the similar task it was linked to."""
@@ -186,7 +187,7 @@ def approve_proposal(
 
 
 @transaction.atomic
-def edit_proposal(*, proposal_id: int, user: Any, edits: dict[str, Any]) -> TaskProposal:
+def edit_proposal(*, proposal_id: int, user: User, edits: dict[str, Any]) -> TaskProposal:
     """Change a pending proposal's fields; it stays pending."""
     proposal = _lock(proposal_id, user)
     _require_pending(proposal, "edited")
@@ -198,7 +199,7 @@ def edit_proposal(*, proposal_id: int, user: Any, edits: dict[str, Any]) -> Task
 
 
 @transaction.atomic
-def reject_proposal(*, proposal_id: int, user: Any, reason: str) -> TaskProposal:
+def reject_proposal(*, proposal_id: int, user: User, reason: str) -> TaskProposal:
     """Reject a pending proposal; the reason is required and kept."""
     if not reason or not reason.strip():
         raise DomainError("Give a reason to reject a proposal.", code="reason_required")
@@ -212,7 +213,7 @@ def reject_proposal(*, proposal_id: int, user: Any, reason: str) -> TaskProposal
 
 
 @transaction.atomic
-def merge_proposals(*, proposal_ids: Sequence[int], user: Any, into_id: int | None = None) -> TaskProposal:
+def merge_proposals(*, proposal_ids: Sequence[int], user: User, into_id: int | None = None) -> TaskProposal:
     """Merge pending proposals of one project into one (the first, or `into_id`), which
     takes the union of their source messages and stays pending; the others are merged."""
     ids = list(dict.fromkeys(proposal_ids))
@@ -245,7 +246,7 @@ def merge_proposals(*, proposal_ids: Sequence[int], user: Any, into_id: int | No
 
 
 @transaction.atomic
-def mark_duplicate(*, proposal_id: int, of_id: int, user: Any) -> TaskProposal:
+def mark_duplicate(*, proposal_id: int, of_id: int, user: User) -> TaskProposal:
     """Mark a pending proposal as a duplicate of another live one (merged into it)."""
     if proposal_id == of_id:
         raise DomainError("A proposal cannot duplicate itself.", code="same_proposal")
@@ -267,7 +268,7 @@ def mark_duplicate(*, proposal_id: int, of_id: int, user: Any) -> TaskProposal:
 
 
 @transaction.atomic
-def mark_duplicate_of_task(*, proposal_id: int, task_id: int, user: Any) -> TaskProposal:
+def mark_duplicate_of_task(*, proposal_id: int, task_id: int, user: User) -> TaskProposal:
     """Mark a pending proposal as a duplicate of a task of its project: closed as merged,
     linked to the task (undo unlinks it)."""
     proposal = _lock(proposal_id, user)
@@ -285,7 +286,7 @@ def mark_duplicate_of_task(*, proposal_id: int, task_id: int, user: Any) -> Task
 
 
 @transaction.atomic
-def split_proposal(*, proposal_id: int, user: Any, parts: Sequence[dict[str, Any]]) -> list[TaskProposal]:
+def split_proposal(*, proposal_id: int, user: User, parts: Sequence[dict[str, Any]]) -> list[TaskProposal]:
     """Split a pending proposal into several, each with a title and a share of its source
     messages (every source given to some part). The original is closed as merged into the first part."""
     proposal = _lock(proposal_id, user)
@@ -331,8 +332,8 @@ def split_proposal(*, proposal_id: int, user: Any, parts: Sequence[dict[str, Any
             )
             for part in parts
         ],
-        run=proposal.run,
-        batch=proposal.batch,
+        run_id=proposal.run_id,
+        batch_id=proposal.batch_id,
     )
     proposal.merged_into = created[0]
     note = "Split into " + ", ".join(str(p.pk) for p in created)
@@ -343,7 +344,7 @@ def split_proposal(*, proposal_id: int, user: Any, parts: Sequence[dict[str, Any
 
 
 @transaction.atomic
-def reopen_proposal(*, proposal_id: int, user: Any) -> TaskProposal:
+def reopen_proposal(*, proposal_id: int, user: User) -> TaskProposal:
     """Reopen a rejected or merged proposal: pending again."""
     proposal = _lock(proposal_id, user)
     if proposal.status not in (TaskProposal.Status.REJECTED, TaskProposal.Status.MERGED):
@@ -361,7 +362,7 @@ def reopen_proposal(*, proposal_id: int, user: Any) -> TaskProposal:
 
 
 @transaction.atomic
-def undo_last_action(*, proposal_id: int, user: Any) -> TaskProposal:
+def undo_last_action(*, proposal_id: int, user: User) -> TaskProposal:
     """Undo the proposal's last review action by restoring its state from before it. An
     approval's new task is deleted when nothing else uses it; an addition to an existing
     task keeps that task."""
@@ -406,7 +407,7 @@ class BulkOutcome:
     refused: dict[int, str]
 
 
-def bulk_review(*, proposal_ids: Sequence[int], user: Any, action: str, reason: str = "") -> BulkOutcome:
+def bulk_review(*, proposal_ids: Sequence[int], user: User, action: str, reason: str = "") -> BulkOutcome:
     """Approve or reject many proposals, each in its own transaction: one refused (not
     pending, not yours) does not undo the others, and is reported with why."""
     if action not in ("approve", "reject"):
@@ -427,7 +428,7 @@ def bulk_review(*, proposal_ids: Sequence[int], user: Any, action: str, reason: 
 
 
 @transaction.atomic
-def merge_with_similar(*, proposal_id: int, user: Any) -> TaskProposal:
+def merge_with_similar(*, proposal_id: int, user: User) -> TaskProposal:
     """Fold a pending proposal into the similar proposal it was linked to when it was made:
     merged into it (which takes its sources) while that one is pending, marked as its
     duplicate once it is approved. Returns the proposal that stays. Locks both rows, in id

@@ -9,16 +9,16 @@ the two days before the first load, so the New run page's default window holds t
 import io
 import json
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
-from agents.models import Agent, LLMProvider
+from agents.models import Agent, LLMProvider, TaskConfig
 from agents.services import (
     assign_task_config,
     create_agent,
@@ -85,7 +85,7 @@ DEMO_AGENT_SETTINGS: dict[str, Any] = {
 EMBEDDED_TIMEOUT_SECONDS = 120.0
 
 
-def shifted_export(path: Any, *, now: datetime) -> io.BytesIO:
+def shifted_export(path: Path, *, now: datetime) -> io.BytesIO:
     """The demo export with its days moved so that its last message is before `now`, on the
     day before at the latest: whole days, so the chat keeps its times of day."""
     export = json.loads(path.read_text(encoding="utf-8"))
@@ -122,12 +122,11 @@ class Command(BaseCommand):
         )
 
     def load(self) -> None:
-        User = get_user_model()
         if not User.objects.filter(username=ADMIN_USERNAME).exists():
             User.objects.create_superuser(ADMIN_USERNAME, "admin@example.com", ADMIN_PASSWORD)
             self.changes.append(f"superuser: log in at /admin/ as {ADMIN_USERNAME} / {ADMIN_PASSWORD}")
 
-        team: list[tuple[AbstractUser, str]] = []
+        team: list[tuple[User, str]] = []
         for username, first_name, last_name, role in DEMO_TEAM:
             user = User.objects.filter(username=username).first()
             if user is None:
@@ -170,6 +169,7 @@ class Command(BaseCommand):
             self.changes.append(f"project {project.name} with config v1.0.0, team {members}")
         elif not project.configs.exists():
             config = bump_config(project=project, user=lead, changes=demo_config, summary=DEMO_SUMMARY)
+            assert config is not None, "a project without a version always gets one"
             self.changes.append(f"{project.name} config v{config.version}")
 
         ensure_default_task_config()
@@ -178,7 +178,7 @@ class Command(BaseCommand):
             self.changes.append(f"task config {task_config.name}")
         self.load_agent(task_config)
 
-    def load_agent(self, task_config: Any) -> None:
+    def load_agent(self, task_config: TaskConfig) -> None:
         """The embedded model's provider and the demo agent on it, assigned `task_config`.
         A demo agent left on another provider by an earlier demo is moved to the model."""
         url = base_url(settings.EMBEDDED_LLM_PORT)
