@@ -1,4 +1,4 @@
-"""The default task config, "Extract tasks": what the seed asks of the LLM out of the box.
+"""The default task config, "Extract tasks": what a new installation asks of the LLM out of the box.
 
 Created by the data migration `0002_default_task_config` and by `load_demo`; an admin
 may edit the stored row, these constants are only its first version.

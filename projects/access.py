@@ -46,8 +46,6 @@ from projects.models import Project, ProjectConfig, ProjectMembership
 from sources.models import Chat, Message
 from tasktracker.types import AnyUser
 
-# The old name of `AnyUser` here, which `projects.webhooks` still annotates with.
-User = AnyUser
 Role = ProjectMembership.Role
 
 

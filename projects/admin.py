@@ -1,8 +1,10 @@
-from typing import Any
+from typing import Any, Protocol, cast
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import flatten_fieldsets
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
-from django.db.models import Count, Prefetch, QuerySet
+from django.db.models import Count, Model, Prefetch, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
@@ -28,10 +30,17 @@ from projects.webhooks import (
 from sources import admin as sources_admin
 from sources.models import Chat, Message, MessageEdit
 from tasktracker.exceptions import DomainError
+from tasktracker.types import AuthedRequest
 
 # Every admin here shows the rows `projects.access` lets the user see (all of them for
 # staff, who alone reach the admin; the rule is asked all the same, so that it holds for
 # whoever may reach it one day).
+
+
+def _user(request: HttpRequest) -> User:
+    """The admin's user, signed in: `AdminSite.admin_view` lets only active staff in. The
+    admin's hooks declare a plain `HttpRequest`, so the type checker is told here."""
+    return cast(AuthedRequest, request).user
 
 
 class RefusalsAsMessages(admin.ModelAdmin):
@@ -59,24 +68,30 @@ class TeamIsVersioned:
     (staff may edit any project's). The admin shows them and does not change them, so that
     no change escapes the version history."""
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
 
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
+
+
+MEMBERSHIP_INLINE_FIELDS = ("user", "role", "created_at")
 
 
 class ProjectMembershipInline(TeamIsVersioned, admin.TabularInline):
     model = ProjectMembership
-    fields = ["user", "role", "created_at"]
-    readonly_fields = fields
+    fields = MEMBERSHIP_INLINE_FIELDS
+    readonly_fields = MEMBERSHIP_INLINE_FIELDS
     extra = 0
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ProjectMembership]:
         return super().get_queryset(request).select_related("user")
+
+
+CONFIG_INLINE_FIELDS = ("version", "is_current", "language", "change_summary", "author", "created_at")
 
 
 class ProjectConfigInline(admin.TabularInline):
@@ -84,8 +99,8 @@ class ProjectConfigInline(admin.TabularInline):
     `bump_config`, never an edit of a row, so the inline only lists them."""
 
     model = ProjectConfig
-    fields = ["version", "is_current", "language", "change_summary", "author", "created_at"]
-    readonly_fields = fields
+    fields = CONFIG_INLINE_FIELDS
+    readonly_fields = CONFIG_INLINE_FIELDS
     extra = 0
     can_delete = False
     show_change_link = True
@@ -98,6 +113,14 @@ class ProjectConfigInline(admin.TabularInline):
 
     def has_change_permission(self, request: HttpRequest, obj: Project | None = None) -> bool:
         return False
+
+
+class _AdminProject(Protocol):
+    """A project as `ProjectAdmin.get_queryset` reads it: `member_count` is an annotation and
+    `current_configs` a prefetch's `to_attr`, which the ORM's types do not know."""
+
+    member_count: int
+    current_configs: list[ProjectConfig]
 
 
 @admin.register(Project)
@@ -144,13 +167,13 @@ class ProjectAdmin(RefusalsAsMessages):
             data = form.cleaned_data
             saved = update_project(
                 project=obj,
-                user=request.user,
+                user=_user(request),
                 name=data["name"],
                 slug=data["slug"],
                 is_active=data["is_active"],
             )
         else:
-            saved = create_project(name=obj.name, slug=obj.slug, user=request.user)
+            saved = create_project(name=obj.name, slug=obj.slug, user=_user(request))
         # The admin goes on with `obj` (the log entry, the redirect): it becomes the saved row.
         vars(obj).update(vars(saved))
 
@@ -164,11 +187,11 @@ class ProjectAdmin(RefusalsAsMessages):
         )
 
     @admin.display(description="Members", ordering="member_count")
-    def member_count(self, obj: Project) -> int:
+    def member_count(self, obj: _AdminProject) -> int:
         return obj.member_count
 
     @admin.display(description="Current config")
-    def current_version(self, obj: Project) -> str:
+    def current_version(self, obj: _AdminProject) -> str:
         configs = obj.current_configs
         return configs[0].version if configs else self.get_empty_value_display()
 
@@ -208,7 +231,7 @@ class ProjectConfigAdmin(admin.ModelAdmin):
         ),
         ("Team snapshot", {"fields": ["team", "default_assignee_id_snapshot"]}),
     ]
-    readonly_fields = [field for _, options in fieldsets for field in options["fields"]]
+    readonly_fields = flatten_fieldsets(fieldsets)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ProjectConfig]:
         return access.scope(super().get_queryset(request), request.user)
@@ -265,8 +288,10 @@ class TaskAdmin(RefusalsAsMessages):
         # and webhooks its history belongs to.
         return [*self.readonly_fields, "status" if obj is None else "project"]
 
-    def get_form(self, request: HttpRequest, obj: Task | None = None, **kwargs: Any) -> type[ModelForm]:
-        form = super().get_form(request, obj, **kwargs)
+    def get_form(
+        self, request: HttpRequest, obj: Task | None = None, change: bool = False, **kwargs: Any
+    ) -> type[ModelForm]:
+        form = super().get_form(request, obj, change, **kwargs)
         return type("TaskAdminForm", (TaskChangeCheck, form), {"request": request})
 
     def save_model(self, request: HttpRequest, obj: Task, form: ModelForm, change: bool) -> None:
@@ -279,7 +304,7 @@ class TaskAdmin(RefusalsAsMessages):
             saved = create_task(
                 project=data["project"],
                 title=data["title"],
-                created_by=request.user,
+                created_by=_user(request),
                 description=data.get("description", ""),
                 assignee=data.get("assignee"),
                 priority=data.get("priority", Task.Priority.MEDIUM),
@@ -291,7 +316,7 @@ class TaskAdmin(RefusalsAsMessages):
             return
         changed = {name: form.cleaned_data[name] for name in form.changed_data}
         if changed:
-            vars(obj).update(vars(update_task(task=obj, user=request.user, **changed)))
+            vars(obj).update(vars(update_task(task=obj, user=_user(request), **changed)))
 
 
 # What a task's team changes through `update_task`, in the admin too.
@@ -302,10 +327,11 @@ class TaskChangeCheck(ModelForm):
     """The admin's task form refuses, as a form error, a move or an assignee that
     `update_task` would refuse: the rule is `check_task_change`'s, asked here."""
 
-    request: HttpRequest
+    request: AuthedRequest
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         task = self.instance
         if task.pk is None:
             return cleaned
@@ -328,7 +354,7 @@ class WebhookEndpointForm(ModelForm):
     the rule is `check_webhook_endpoint`'s, asked here; `WebhookEndpointAdmin.save_model`
     then saves through the same services as the API."""
 
-    request: HttpRequest
+    request: AuthedRequest
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -336,7 +362,8 @@ class WebhookEndpointForm(ModelForm):
             self.fields["events"].required = False  # empty: all events
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         if "project" not in cleaned or "url" not in cleaned:
             return cleaned  # the field's own error is shown already
         try:
@@ -368,9 +395,9 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         return access.scope(super().get_queryset(request), request.user, access.Action.CONFIGURE)
 
     def get_form(
-        self, request: HttpRequest, obj: WebhookEndpoint | None = None, **kwargs: Any
+        self, request: HttpRequest, obj: WebhookEndpoint | None = None, change: bool = False, **kwargs: Any
     ) -> type[ModelForm]:
-        form = super().get_form(request, obj, **kwargs)
+        form = super().get_form(request, obj, change, **kwargs)
         return type("WebhookEndpointAdminForm", (form,), {"request": request})
 
     def save_model(self, request: HttpRequest, obj: WebhookEndpoint, form: ModelForm, change: bool) -> None:
@@ -381,18 +408,18 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
             name: data[name] for name in ("project", "url", "events", "is_active", "secret") if name in data
         }
         if change:
-            saved = update_webhook_endpoint(endpoint=obj, user=request.user, **fields)
+            saved = update_webhook_endpoint(endpoint=obj, user=_user(request), **fields)
         else:
-            saved = create_webhook_endpoint(user=request.user, **fields)
+            saved = create_webhook_endpoint(user=_user(request), **fields)
         obj.pk = saved.pk
         obj.refresh_from_db()
 
     def delete_model(self, request: HttpRequest, obj: WebhookEndpoint) -> None:
-        delete_webhook_endpoint(endpoint=obj, user=request.user)
+        delete_webhook_endpoint(endpoint=obj, user=_user(request))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
         for endpoint in queryset:
-            delete_webhook_endpoint(endpoint=endpoint, user=request.user)
+            delete_webhook_endpoint(endpoint=endpoint, user=_user(request))
 
 
 @admin.register(WebhookDelivery)

@@ -5,9 +5,10 @@ shape of a request and call `projects.selectors` or `projects.services`; the rul
 configuration (and their messages) are the services', as on the edit page.
 """
 
-from typing import Any
+from typing import Any, Protocol, cast
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
 from django.db.models import Prefetch, QuerySet
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, extend_schema_view
@@ -37,8 +38,10 @@ from projects.services import (
     update_task,
 )
 from projects.webhooks import create_webhook_endpoint, delete_webhook_endpoint
+from sources.models import Chat
 from tasktracker.api import IdField, IdFilter, help_texts
 from tasktracker.exceptions import DomainError
+from tasktracker.types import AuthedAPIRequest
 
 VERSION_PATTERN = r"\d+\.\d+\.\d+"
 
@@ -91,7 +94,7 @@ class MemberSerializer(serializers.ModelSerializer):
 
 class ConfigSerializer(serializers.ModelSerializer):
     version = serializers.CharField(read_only=True, help_text="Semantic version, e.g. 1.2.0.")
-    chats = serializers.PrimaryKeyRelatedField(
+    chats: "serializers.PrimaryKeyRelatedField[Chat]" = serializers.PrimaryKeyRelatedField(
         many=True, read_only=True, help_text="Ids of the chats the project reads."
     )
     default_assignee = serializers.IntegerField(
@@ -100,7 +103,7 @@ class ConfigSerializer(serializers.ModelSerializer):
         allow_null=True,
         help_text="User id of the project's default assignee in this version, or null.",
     )
-    author = serializers.SlugRelatedField(
+    author: "serializers.SlugRelatedField[User]" = serializers.SlugRelatedField(
         slug_field="username",
         read_only=True,
         allow_null=True,
@@ -149,6 +152,13 @@ class ConfigSerializer(serializers.ModelSerializer):
         )
 
 
+class _ReadProject(Protocol):
+    """A project as `projects_visible_to` reads it: `current_configs` is a prefetch's
+    `to_attr`, which the ORM's types do not know."""
+
+    current_configs: list[ProjectConfig]
+
+
 class ProjectSerializer(serializers.ModelSerializer):
     team = MemberSerializer(
         source="memberships", many=True, read_only=True, help_text="Who is on the project, and their roles."
@@ -179,7 +189,7 @@ class ProjectSerializer(serializers.ModelSerializer):
             "for none.",
         )
 
-    def get_current_version(self, project: Project) -> str | None:
+    def get_current_version(self, project: _ReadProject) -> str | None:
         current = project.current_configs
         return current[0].version if current else None
 
@@ -194,7 +204,7 @@ class ProjectDetailSerializer(ProjectSerializer):
         read_only_fields = fields
 
     @extend_schema_field(ConfigSerializer(allow_null=True))
-    def get_current_config(self, project: Project) -> dict[str, Any] | None:
+    def get_current_config(self, project: _ReadProject) -> dict[str, Any] | None:
         current = project.current_configs
         return ConfigSerializer(current[0]).data if current else None
 
@@ -412,7 +422,9 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         # one they see but may not change is a 403 (`_editable`).
         return projects_visible_to(self.request.user).prefetch_related(
             Prefetch("memberships", queryset=ProjectMembership.objects.select_related("user")),
-            "current_configs__chats",
+            # `current_configs` is the `to_attr` of a prefetch of `projects_visible_to`, which
+            # the plugin does not see.
+            "current_configs__chats",  # type: ignore[misc]
         )
 
     def get_serializer_class(self) -> type[serializers.BaseSerializer]:
@@ -440,7 +452,7 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             403: OpenApiResponse(description="Not a staff user."),
         },
     )
-    def create(self, request: Request) -> Response:
+    def create(self, request: AuthedAPIRequest) -> Response:
         payload = ProjectCreateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
@@ -472,7 +484,7 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             409: OpenApiResponse(description="`base_version` is no longer the current version."),
         },
     )
-    def partial_update(self, request: Request, slug: str) -> Response:
+    def partial_update(self, request: AuthedAPIRequest, slug: str) -> Response:
         project = self._editable()
         payload = ConfigChangesSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -501,7 +513,7 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         },
     )
     @action(detail=True, methods=["post"])
-    def rollback(self, request: Request, slug: str) -> Response:
+    def rollback(self, request: AuthedAPIRequest, slug: str) -> Response:
         project = self._editable()
         payload = RollbackSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -575,7 +587,7 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     def get_queryset(self) -> QuerySet[Task]:
         return tasks_visible_to(self.request.user).order_by("-created_at", "-pk")
 
-    def partial_update(self, request: Request, pk: str) -> Response:
+    def partial_update(self, request: AuthedAPIRequest, pk: str) -> Response:
         task = self.get_object()
         payload = TaskUpdateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -616,7 +628,10 @@ class WebhookSerializer(serializers.ModelSerializer):
         fields = super().get_fields()
         request = self.context.get("request")
         # A project the user is not on is no valid choice: its existence is not theirs to learn.
-        fields["project"].queryset = access.projects(request.user if request is not None else None)
+        # (The ignore: the stub's `RelatedField.queryset` includes a `Manager`, whose `__get__`
+        # mypy then applies to the field, wrongly.)
+        project = cast(serializers.PrimaryKeyRelatedField, fields["project"])
+        project.queryset = access.projects(request.user if request is not None else None)  # type: ignore[arg-type]
         return fields
 
 
@@ -682,6 +697,8 @@ class WebhookViewSet(
 ):
     serializer_class = WebhookSerializer
     permission_classes = [permissions.IsAuthenticated]
+    # Behind `IsAuthenticated`: `perform_create` and `perform_destroy` act for a signed-in user.
+    request: AuthedAPIRequest
     filterset_fields = ["project", "is_active"]
     lookup_value_regex = r"\d+"
 
@@ -702,7 +719,7 @@ class WebhookViewSet(
                 is_active=data.get("is_active", True),
             )
         except DomainError as exc:
-            raise _field_errors(exc, set(serializer.fields)) from exc
+            raise _field_errors(exc, set(cast(WebhookSerializer, serializer).fields)) from exc
 
     def perform_destroy(self, instance: WebhookEndpoint) -> None:
         delete_webhook_endpoint(endpoint=instance, user=self.request.user)

@@ -13,7 +13,7 @@ from datetime import date
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils.text import slugify
 
@@ -189,7 +189,7 @@ def clean_chats(value: Any) -> list[int]:
     return ids
 
 
-def check_chats_allowed(*, user: AbstractBaseUser | None, project: Project, chats: Iterable[int]) -> None:
+def check_chats_allowed(*, user: User | None, project: Project, chats: Iterable[int]) -> None:
     """Refuse (`invalid_chats`) chats `user` may not add to `project`'s configuration: one
     another project reads, unless `user` leads every project that reads it (staff and the
     system, `user` None, may add any; see `access.addable_chats`)."""
@@ -308,7 +308,7 @@ def _apply_team(project: Project, team: list[dict[str, Any]], default_assignee: 
 def bump_config(
     *,
     project: Project,
-    user: AbstractBaseUser | None,
+    user: User | None,
     changes: Mapping[str, Any],
     summary: str = "",
     base_version: str | None = None,
@@ -387,7 +387,7 @@ def bump_config(
 
 
 @transaction.atomic
-def rollback_config(*, project: Project, version: str, user: AbstractBaseUser | None) -> ProjectConfig:
+def rollback_config(*, project: Project, version: str, user: User | None) -> ProjectConfig:
     """Make a new version equal to an old one (versions never change, so a rollback is a
     save). Its number follows the rule of `bump_config` from the current version. Users
     deleted since are left out and named in the summary (deleted chats are gone from the
@@ -439,7 +439,7 @@ def create_project(
     *,
     name: str,
     slug: str,
-    user: AbstractBaseUser,
+    user: User,
     changes: Mapping[str, Any] | None = None,
     summary: str = "",
 ) -> Project:
@@ -459,7 +459,7 @@ def create_project(
 def update_project(
     *,
     project: Project,
-    user: AbstractBaseUser,
+    user: User,
     name: str | None = None,
     slug: str | None = None,
     is_active: bool | None = None,
@@ -497,13 +497,13 @@ class _Unset:
 UNSET = _Unset()
 
 
-def _check_may_change_tasks(user: AbstractBaseUser | None, project_id: int) -> None:
+def _check_may_change_tasks(user: User, project_id: int) -> None:
     if not access.can(user, project_id, access.Action.CHANGE_TASKS):
         raise DomainError("Only the project's team can change its tasks.", code="forbidden", status=403)
 
 
 def check_task_change(
-    *, task: Task, user: AbstractBaseUser, status: str | None = None, assignee: Any = UNSET
+    *, task: Task, user: User, status: str | None = None, assignee: User | _Unset | None = UNSET
 ) -> list[str]:
     """The fields a change of `task` would write, after checking it: who may (the project's
     team and staff, `access.Action.CHANGE_TASKS`), the move along `TASK_TRANSITIONS`, the
@@ -553,9 +553,9 @@ TASK_DETAILS = ("title", "description", "priority", "category", "tags", "due_dat
 def update_task(
     *,
     task: Task,
-    user: AbstractBaseUser,
+    user: User,
     status: str | None = None,
-    assignee: AbstractBaseUser | _Unset | None = UNSET,
+    assignee: User | _Unset | None = UNSET,
     **details: Any,
 ) -> Task:
     """Move a task to another status (only along `TASK_TRANSITIONS`; a done or cancelled
@@ -571,10 +571,10 @@ def update_task(
     _check_task_details(
         title=details.get("title"), priority=details.get("priority"), category=details.get("category")
     )
-    if "status" in fields:
+    if status is not None and "status" in fields:
         logger.info("%s moved task %s from %s to %s", user, task.pk, task.status, status)
         task.status = status
-    if "assignee" in fields:
+    if not isinstance(assignee, _Unset) and "assignee" in fields:
         task.assignee_id = assignee.pk if assignee is not None else None
     changed = [name for name, value in details.items() if getattr(task, name) != value]
     for name in changed:
@@ -594,9 +594,9 @@ def create_task(
     *,
     project: Project,
     title: str,
-    created_by: AbstractBaseUser,
+    created_by: User,
     description: str = "",
-    assignee: AbstractBaseUser | None = None,
+    assignee: User | None = None,
     priority: str = Task.Priority.MEDIUM,
     category: str = Task.Category.FEATURE,
     tags: Sequence[str] = (),
@@ -625,7 +625,7 @@ def create_task(
 
 
 @transaction.atomic
-def append_to_task(*, task: Task, text: str, user: AbstractBaseUser) -> Task:
+def append_to_task(*, task: Task, text: str, user: User) -> Task:
     """Add `text` to the end of a task's description as a paragraph of its own (a proposal
     approved as an addition to the task it repeats). Locks the task row and appends to the
     stored description, not to `task`'s copy, so two additions at once both stay. A task
@@ -644,7 +644,7 @@ def append_to_task(*, task: Task, text: str, user: AbstractBaseUser) -> Task:
 
 
 @transaction.atomic
-def delete_task_if_unused(*, task: Task, user: AbstractBaseUser) -> bool:
+def delete_task_if_unused(*, task: Task, user: User) -> bool:
     """Delete a task no proposal became or was added to any more (the `proposals` that
     `TaskProposal.task` links), e.g. the one an approval made once the approval is undone;
     return whether it was deleted. Locks the task row like `append_to_task`, so a proposal
@@ -671,6 +671,6 @@ def task_payload(task: Task) -> dict[str, Any]:
             "category": task.category,
             "tags": task.tags,
             "due_date": task.due_date.isoformat() if task.due_date else None,
-            "assignee": task.assignee.get_username() if task.assignee_id else None,
+            "assignee": task.assignee.get_username() if task.assignee is not None else None,
         }
     }

@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.db.models import Q, QuerySet
@@ -76,9 +77,10 @@ def clean_webhook_events(value: Any) -> list[str]:
 
 def _clean_secret(value: Any) -> str:
     max_length = WebhookEndpoint._meta.get_field("secret").max_length
-    if not isinstance(value, str) or not value.strip() or len(value.strip()) > max_length:
+    secret = value.strip() if isinstance(value, str) else ""
+    if not secret or (max_length is not None and len(secret) > max_length):
         raise DomainError(f"The secret is 1 to {max_length} characters.", code="invalid_secret")
-    return value.strip()
+    return secret
 
 
 def _forbidden() -> DomainError:
@@ -89,7 +91,7 @@ def _forbidden() -> DomainError:
 
 def check_webhook_endpoint(
     *,
-    user: access.User | None,
+    user: User,
     project: Project,
     url: str,
     events: Any,
@@ -116,7 +118,7 @@ def check_webhook_endpoint(
 @transaction.atomic
 def create_webhook_endpoint(
     *,
-    user: access.User | None,
+    user: User,
     project: Project,
     url: str,
     events: Sequence[str] = (),
@@ -142,7 +144,7 @@ def create_webhook_endpoint(
 def update_webhook_endpoint(
     *,
     endpoint: WebhookEndpoint,
-    user: access.User | None,
+    user: User,
     project: Project | None = None,
     url: str | None = None,
     events: Sequence[str] | None = None,
@@ -178,7 +180,7 @@ def update_webhook_endpoint(
 
 
 @transaction.atomic
-def delete_webhook_endpoint(*, endpoint: WebhookEndpoint, user: access.User | None) -> None:
+def delete_webhook_endpoint(*, endpoint: WebhookEndpoint, user: User) -> None:
     """Delete an endpoint and its deliveries: no event is sent to it any more, and an attempt
     not yet claimed finds its delivery gone and sends nothing."""
     if not access.can(user, endpoint.project_id, access.Action.CONFIGURE):

@@ -1,4 +1,5 @@
 import logging
+from typing import Protocol
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -26,6 +27,13 @@ logger = logging.getLogger(__name__)
 # `ChatAdmin`, `MessageAdmin` and `MessageEditAdmin` are registered by `projects.admin`,
 # narrowed to the chats a user sees: that depends on which projects read a chat, which
 # only `projects.access` knows, and `sources` imports no other app.
+
+
+class _CountedChat(Protocol):
+    """A chat as `ChatAdmin.get_queryset` reads it: `message_count` is an annotation, which
+    the ORM's types do not know."""
+
+    message_count: int
 
 
 class ChatAdmin(admin.ModelAdmin):
@@ -65,7 +73,7 @@ class ChatAdmin(admin.ModelAdmin):
         vars(obj).update(vars(saved))
 
     @admin.display(description="Messages", ordering="message_count")
-    def message_count(self, obj: Chat) -> int:
+    def message_count(self, obj: _CountedChat) -> int:
         return obj.message_count
 
     def get_urls(self) -> list[URLPattern]:
@@ -128,10 +136,13 @@ class ChatAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/sources/chat/import_export.html", context)
 
 
+EDIT_INLINE_FIELDS = ("previous_text", "previous_edited_at", "edited_at", "recorded_at")
+
+
 class MessageEditInline(admin.TabularInline):
     model = MessageEdit
-    fields = ["previous_text", "previous_edited_at", "edited_at", "recorded_at"]
-    readonly_fields = fields
+    fields = EDIT_INLINE_FIELDS
+    readonly_fields = EDIT_INLINE_FIELDS
     extra = 0
     can_delete = False
 
@@ -142,6 +153,23 @@ class MessageEditInline(admin.TabularInline):
         return False
 
 
+MESSAGE_FIELDS = (
+    "chat",
+    "telegram_id",
+    "link",
+    "author_id",
+    "author_name",
+    "text",
+    "sent_at",
+    "edited_at",
+    "reply_to_telegram_id",
+    "forwarded_from",
+    "raw",
+    "created_at",
+    "updated_at",
+)
+
+
 class MessageAdmin(admin.ModelAdmin):
     list_display = ["chat", "telegram_id", "author_name", "short_text", "sent_at", "edited_at"]
     list_display_links = ["telegram_id", "short_text"]
@@ -150,22 +178,8 @@ class MessageAdmin(admin.ModelAdmin):
     search_fields = ["text", "author_name"]
     date_hierarchy = "sent_at"
     inlines = [MessageEditInline]
-    fields = [
-        "chat",
-        "telegram_id",
-        "link",
-        "author_id",
-        "author_name",
-        "text",
-        "sent_at",
-        "edited_at",
-        "reply_to_telegram_id",
-        "forwarded_from",
-        "raw",
-        "created_at",
-        "updated_at",
-    ]
-    readonly_fields = fields
+    fields = MESSAGE_FIELDS
+    readonly_fields = MESSAGE_FIELDS
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -182,14 +196,17 @@ class MessageAdmin(admin.ModelAdmin):
         return obj.link or self.get_empty_value_display()
 
 
+MESSAGE_EDIT_FIELDS = ("message", "previous_text", "previous_edited_at", "edited_at", "recorded_at")
+
+
 class MessageEditAdmin(admin.ModelAdmin):
     list_display = ["__str__", "message", "short_previous_text", "edited_at", "recorded_at"]
     list_select_related = ["message"]
     list_filter = ["message__chat"]
     search_fields = ["previous_text", "message__text"]
     date_hierarchy = "recorded_at"
-    fields = ["message", "previous_text", "previous_edited_at", "edited_at", "recorded_at"]
-    readonly_fields = fields
+    fields = MESSAGE_EDIT_FIELDS
+    readonly_fields = MESSAGE_EDIT_FIELDS
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
