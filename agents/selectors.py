@@ -3,8 +3,8 @@ page of them costs the same few queries however long it is."""
 
 from django.db.models import QuerySet
 
-from agents.llm import LLMError, list_models
 from agents.models import Agent, AgentTaskAssignment, LLMProvider, TaskConfig
+from agents.usage import LLMError
 from tasktracker.exceptions import DomainError
 
 
@@ -23,6 +23,8 @@ def provider_live_models(*, provider: LLMProvider) -> list[str]:
 
     A provider that cannot be asked is a 502 that says why; the reason never holds the key.
     """
+    from agents.llm import list_models  # the openai SDK, where a call is made (agents.usage)
+
     try:
         return list_models(provider=provider)
     except LLMError as exc:

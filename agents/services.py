@@ -22,9 +22,9 @@ from agents.defaults import (
     SMALL_TASK_CONFIG_DESCRIPTION,
     SMALL_TASK_CONFIG_NAME,
 )
-from agents.llm import LLMError, complete_json, list_models
 from agents.models import Agent, AgentTaskAssignment, LLMProvider, TaskConfig
 from agents.prompts import PromptMessage, system_prompt, user_prompt
+from agents.usage import LLMError
 from tasktracker.celery import app as celery_app
 from tasktracker.exceptions import DomainError
 
@@ -100,6 +100,8 @@ def check_provider_health(*, provider_id: int) -> LLMProvider:
     if not updated:
         raise DomainError(f"There is no provider {provider_id}.", code="not_found", status=404)
     provider = LLMProvider.objects.get(pk=provider_id)
+    from agents.llm import list_models  # the openai SDK, where a call is made (agents.usage)
+
     try:
         models = list_models(provider=provider)
     except LLMError as exc:
@@ -164,6 +166,8 @@ def test_agent(
     Never raises for the LLM's failures: an unreachable provider, a refused key, an
     unknown model or a malformed answer come back as `error` sentences.
     """
+    from agents.llm import complete_json  # the openai SDK, where a call is made (agents.usage)
+
     task_config = task_config or _default_task_config(agent)
     started = time.monotonic()
     try:

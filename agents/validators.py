@@ -5,8 +5,6 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
 
 def validate_llm_base_url(value: str) -> None:
@@ -28,6 +26,10 @@ def validate_json_schema(value: Any) -> None:
     """A JSON Schema (Draft 2020-12) describing an object answer."""
     if not isinstance(value, dict):
         raise ValidationError("The schema must be a JSON object.", code="schema_type")
+    # jsonschema where a schema is checked, not in every process that loads the models.
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
     try:
         Draft202012Validator.check_schema(value)
     except SchemaError as exc:

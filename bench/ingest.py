@@ -1,6 +1,6 @@
 """Export import throughput and memory: Tasktracker against a bare bulk write.
 
-    .venv/bin/python bench/ingest.py [--messages 100000] [--backends sqlite,postgres]
+    .venv/bin/python bench/ingest.py [--messages 100000] [--backends sqlite,postgres] [--end-to-end N]
         [--postgres-url postgres://postgres@127.0.0.1:5432/tasktracker_bench] [--repeat 1] [--profile]
 
 Generates a single-chat Telegram Desktop export of `--messages` messages (and one of a
@@ -17,6 +17,12 @@ Prints messages per second, peak RSS and the ratio to the reference, and the goa
 exit status is 0 unless a run crashed. `--profile` adds, on PostgreSQL (else the first
 backend), a breakdown of where the import's time goes: timed stages with parts stubbed out,
 and a cProfile of a run.
+
+`--end-to-end N` measures instead what a user waits for: the wall time of the whole
+`manage.py import_telegram_export` command on an export of N messages (interpreter start,
+Django set-up, imports, the import, exit) against the whole reference process (interpreter
+start, its imports, the table, the COPY), on PostgreSQL, the two taking turns `--repeat`
+times (the best of each kept), with the goal (>= 0.6x) as PASS or FAIL.
 
 The PostgreSQL database named in `--postgres-url` is dropped and recreated for every run and
 dropped at the end, so its name must contain "bench".
@@ -45,6 +51,8 @@ from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 GOAL_RATIO = 0.8
+# End to end, start-up included (`--end-to-end`): a small import is mostly start-up.
+END_TO_END_GOAL_RATIO = 0.6
 EXPORT_CHAT_ID = 1_987_654_321
 # The Bot API id of a supergroup, as `bot_api_chat_id` computes it: the reference stores the same.
 BOT_API_CHAT_ID = -(1_000_000_000_000 + EXPORT_CHAT_ID)
@@ -640,6 +648,57 @@ def measure_all(backend: Backend, exports: dict[str, Path], repeat: int) -> dict
     return best
 
 
+def timed(command: list[str], env: dict[str, str]) -> float:
+    """The wall time of `command`, a process of its own, from its start to its exit."""
+    started = time.perf_counter()
+    completed = subprocess.run(command, env=env, cwd=BASE_DIR, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if completed.returncode != 0:
+        sys.stderr.write(completed.stdout + completed.stderr)
+        raise RuntimeError(f"{command[1:3]} exited with {completed.returncode}")
+    return seconds
+
+
+def end_to_end(backend: Backend, export: Path, repeat: int) -> dict[str, float]:
+    """The best wall time of the import command and of the reference process, taking turns."""
+    best = {"tasktracker": float("inf"), "reference": float("inf")}
+    for _ in range(repeat):
+        env = child_env(backend.fresh_url("e2e-tasktracker"))
+        migrate(env)
+        command = [sys.executable, "manage.py", "import_telegram_export", str(export)]
+        best["tasktracker"] = min(best["tasktracker"], timed(command, env))
+        env = child_env(backend.fresh_url("e2e-reference"))
+        command = [sys.executable, str(Path(__file__).resolve()), "--child", "reference", str(export)]
+        best["reference"] = min(best["reference"], timed(command, env))
+    return best
+
+
+def main_end_to_end(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        export = Path(tmp) / "export.json"
+        size = write_export(export, args.end_to_end)
+        print(
+            f"Export: {args.end_to_end:,} messages ({size['stored']:,} stored), "
+            f"{size['bytes'] / 2**20:.1f} MB\n{os.cpu_count()} CPUs, load average {_load()} at the start",
+            flush=True,
+        )
+        backend = Backend("postgresql", args.postgres_url, Path(tmp))
+        try:
+            best = end_to_end(backend, export, args.repeat)
+        finally:
+            backend.cleanup()
+    ratio = best["reference"] / best["tasktracker"]
+    print(f"Load average {_load()} at the end.\n")
+    print(f"manage.py import_telegram_export, whole command: {best['tasktracker']:6.2f} s")
+    print(f"reference (ijson + psycopg COPY), whole process: {best['reference']:6.2f} s")
+    verdict = "PASS" if ratio >= END_TO_END_GOAL_RATIO else "FAIL"
+    print(
+        f"Goal: the command end to end >= {END_TO_END_GOAL_RATIO}x the reference on PostgreSQL "
+        f"({args.end_to_end:,} messages, best of {args.repeat}): {verdict} ({ratio:.2f}x)"
+    )
+    return 0
+
+
 def _load() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
@@ -653,11 +712,16 @@ def main() -> int:
     parser.add_argument("--postgres-url", default="postgres://postgres@127.0.0.1:5432/tasktracker_bench")
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement; the best is kept")
     parser.add_argument("--profile", action="store_true", help="break down the import's time too")
+    parser.add_argument(
+        "--end-to-end", type=int, metavar="N", help="time the whole command on N messages instead"
+    )
     parser.add_argument("--child", nargs=2, metavar=("KIND", "EXPORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_main(args.child)
         return 0
+    if args.end_to_end:
+        return main_end_to_end(args)
 
     try:
         names = [BACKEND_NAMES[name.strip()] for name in args.backends.split(",") if name.strip()]

@@ -3,7 +3,12 @@
 Updates are untrusted JSON: whoever holds the webhook's secret can send anything. What is
 read from them is checked here (types, 64-bit ids, dates), so that a malformed update is
 refused as such (`ValueError`) and never reaches the database as a value it cannot store.
+
+python-telegram-bot is imported where an update is parsed or the bot is made, not with this
+module: commands that never meet an update (an export's import) start without it.
 """
+
+from __future__ import annotations
 
 import json
 import re
@@ -11,13 +16,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from telegram import Bot, Update
-from telegram import Chat as TelegramChat
-from telegram import Message as TelegramMessage
 
 from sources.models import Chat
 
 if TYPE_CHECKING:
+    from telegram import Bot, Update
+    from telegram import Chat as TelegramChat
+    from telegram import Message as TelegramMessage
+
     # Only for annotations: `sources.services` imports this module.
     from sources.services.upsert import ChatData, MessageData
 
@@ -35,6 +41,8 @@ _KIND_NAME = re.compile(r"[a-z_]{1,32}")
 
 def make_bot(token: str | None = None) -> Bot:
     """A Bot API client on the configured base URL (a fake one on loopback in tests)."""
+    from telegram import Bot
+
     token = token or settings.TELEGRAM_BOT_TOKEN
     return Bot(token, base_url=settings.TELEGRAM_API_BASE_URL)
 
@@ -77,6 +85,8 @@ def parse_update(data: dict[str, Any]) -> Update:
     """Parse Update JSON as Telegram sends it. Raises ValueError on a payload that is not one."""
     if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
         raise ValueError("An update must be a JSON object with an integer update_id.")
+    from telegram import Update
+
     try:
         return Update.de_json(data, None)
     # python-telegram-bot is no validator: on a shape it does not expect it fails with
@@ -96,7 +106,7 @@ def update_kind(data: dict[str, Any]) -> str:
     return others[0] if others and _KIND_NAME.fullmatch(others[0]) else "unknown"
 
 
-def read_message(data: dict[str, Any]) -> "tuple[ChatData, MessageData] | None":
+def read_message(data: dict[str, Any]) -> tuple[ChatData, MessageData] | None:
     """The chat and the message of an update of a `MESSAGE_KINDS` kind, as
     `get_or_create_chat` and `upsert_messages` take them (None for a null message).
     Raises ValueError for an update that is not one."""
@@ -106,7 +116,7 @@ def read_message(data: dict[str, Any]) -> "tuple[ChatData, MessageData] | None":
     return chat_fields(message.chat), message_fields(message, raw=data)
 
 
-def chat_fields(chat: TelegramChat | None) -> "ChatData":
+def chat_fields(chat: TelegramChat | None) -> ChatData:
     """A Bot API chat as `get_or_create_chat` takes it. Raises ValueError for a missing
     chat, an id that is no 64-bit integer or a name that is no string."""
     if chat is None:
@@ -121,7 +131,7 @@ def chat_fields(chat: TelegramChat | None) -> "ChatData":
     }
 
 
-def message_fields(message: TelegramMessage, raw: dict[str, Any]) -> "MessageData":
+def message_fields(message: TelegramMessage, raw: dict[str, Any]) -> MessageData:
     """A Bot API message as `sources.services.MessageData`: text or caption, author, times.
     Raises ValueError for a field of the wrong type or an id beyond 64 bits."""
     author = message.from_user

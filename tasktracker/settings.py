@@ -7,6 +7,7 @@ variable. A bad value fails at start-up, not at the first request.
 """
 
 import os
+import sys
 from pathlib import Path
 
 import environ
@@ -29,9 +30,17 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
+# Daphne's app only makes `manage.py runserver` serve ASGI (WebSockets); the servers
+# (`make run`, docker compose) start the `daphne` command itself. Importing it installs
+# Twisted's reactor, a fifth of a second every other command and worker would pay.
+RUNSERVER = sys.argv[1:2] == ["runserver"]
+
 INSTALLED_APPS = [
-    "daphne",
-    "django.contrib.admin",
+    *(["daphne"] if RUNSERVER else []),
+    # The admin's modules are found by the URLconf (`tasktracker/urls.py`), not when Django
+    # starts: they import every app's services and forms, which commands and workers that
+    # serve no page (an export's import, a Celery worker) need not load.
+    "django.contrib.admin.apps.SimpleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

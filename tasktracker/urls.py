@@ -5,6 +5,10 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from tasktracker.health import healthz
 
+# `SimpleAdminConfig` (settings): the admin modules are registered here, when a process
+# first resolves a URL, instead of when Django starts.
+admin.autodiscover()
+
 admin.site.site_header = "Tasktracker"
 admin.site.site_title = "Tasktracker"
 admin.site.index_title = "Review and configuration"

@@ -19,7 +19,6 @@ from django.db import connection, transaction
 from django.db.models import F, Q, QuerySet, Subquery
 from django.utils import timezone
 
-from agents.llm import LLMError, LLMUsage, complete_json
 from agents.prompts import (
     PromptMessage,
     batch_schema,
@@ -28,6 +27,7 @@ from agents.prompts import (
     system_prompt,
     user_prompt,
 )
+from agents.usage import LLMError, LLMUsage
 from analysis.models import AnalysisRun, Batch
 from analysis.pipeline import PipelineMessage, create_batches, prefilter_messages
 from analysis.services.answers import read_answer
@@ -279,6 +279,8 @@ def process_batch(*, batch_id: int, claim_id: str) -> None:
         m.pk: m for m in Message.objects.filter(pk__in=batch.message_ids).order_by().only(*PROMPT_FIELDS)
     }
     prompt = batch_prompt(run=run, messages=[messages[pk] for pk in batch.message_ids if pk in messages])
+    from agents.llm import complete_json  # the openai SDK, where a call is made (agents.usage)
+
     try:
         with heartbeat(batch=batch, claim_id=claim_id):
             result = complete_json(

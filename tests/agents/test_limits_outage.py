@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from agents.defaults import DEFAULT_RESPONSE_SCHEMA
-from agents.llm import LLMError, LLMResult, complete_json
+from agents.llm import complete_json
 from agents.models import LLMProvider
+from agents.usage import LLMError, LLMResult
 from analysis import services
 from analysis.models import AnalysisRun, Batch
 from tasktracker.embedded import free_port, start_redis, stop
