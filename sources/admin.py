@@ -153,21 +153,7 @@ class MessageEditInline(admin.TabularInline):
         return False
 
 
-MESSAGE_FIELDS = (
-    "chat",
-    "telegram_id",
-    "link",
-    "author_id",
-    "author_name",
-    "text",
-    "sent_at",
-    "edited_at",
-    "reply_to_telegram_id",
-    "forwarded_from",
-    "raw",
-    "created_at",
-    "updated_at",
-)
+MESSAGE_FIELDS = ("chat", "link", *Message.TELEGRAM_FIELDS, "raw", "created_at", "updated_at")
 
 
 class MessageAdmin(admin.ModelAdmin):

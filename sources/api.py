@@ -91,22 +91,7 @@ class MessageSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Message
-        fields = [
-            "id",
-            "chat",
-            "chat_title",
-            "telegram_id",
-            "author_id",
-            "author_name",
-            "text",
-            "sent_at",
-            "edited_at",
-            "reply_to_telegram_id",
-            "forwarded_from",
-            "link",
-            "created_at",
-            "updated_at",
-        ]
+        fields = ["id", "chat", "chat_title", *Message.TELEGRAM_FIELDS, "link", "created_at", "updated_at"]
         read_only_fields = fields
         extra_kwargs = help_texts(
             chat="The chat's id in Tasktracker.",

@@ -52,6 +52,19 @@ class Chat(models.Model):
 class Message(models.Model):
     """One Telegram message, stored once per (chat, Telegram message id)."""
 
+    # What Telegram says of a message, in the order ingestion writes the columns (COPY) and
+    # the admin and the API show them.
+    TELEGRAM_FIELDS = (
+        "telegram_id",
+        "author_id",
+        "author_name",
+        "text",
+        "sent_at",
+        "edited_at",
+        "reply_to_telegram_id",
+        "forwarded_from",
+    )
+
     # No index of its own: the unique (chat, telegram_id) index and the (chat, sent_at) one
     # serve every lookup by chat, and one index less is one insertion less per message.
     chat = models.ForeignKey(Chat, on_delete=models.CASCADE, related_name="messages", db_index=False)

@@ -18,20 +18,7 @@ from sources.services.storable import clean_json, has_dumped_nul, storable_json,
 from tasktracker.exceptions import DomainError
 
 # The columns COPY writes, in order (`created_at` and `updated_at` are set explicitly).
-_COPY_FIELDS = (
-    "chat",
-    "telegram_id",
-    "author_id",
-    "author_name",
-    "text",
-    "sent_at",
-    "edited_at",
-    "reply_to_telegram_id",
-    "forwarded_from",
-    "raw",
-    "created_at",
-    "updated_at",
-)
+_COPY_FIELDS = ("chat", *Message.TELEGRAM_FIELDS, "raw", "created_at", "updated_at")
 # orjson leaves to `_dump_raw`'s fallback what json.dumps would write differently or refuse.
 _ORJSON_STRICT = (
     orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
@@ -133,14 +120,7 @@ def _insert_messages(*, chat_id: int, messages: list[MessageData]) -> None:
             [
                 Message(
                     chat_id=chat_id,
-                    telegram_id=data["telegram_id"],
-                    author_id=data.get("author_id"),
-                    author_name=data.get("author_name", "")[:255],
-                    text=data.get("text", ""),
-                    sent_at=data["sent_at"],
-                    edited_at=data.get("edited_at"),
-                    reply_to_telegram_id=data.get("reply_to_telegram_id"),
-                    forwarded_from=data.get("forwarded_from", "")[:255],
+                    **dict(zip(Message.TELEGRAM_FIELDS, _telegram_values(data), strict=True)),
                     raw=storable_json(data.get("raw", {})),
                     created_at=now,
                     updated_at=now,
@@ -168,22 +148,21 @@ def _insert_messages(*, chat_id: int, messages: list[MessageData]) -> None:
         copy.set_types([type_name for _, type_name in copied])
         write_row = copy.write_row
         for data in messages:
-            write_row(
-                (
-                    chat_id,
-                    data["telegram_id"],
-                    data.get("author_id"),
-                    data.get("author_name", "")[:255],
-                    data.get("text", ""),
-                    data["sent_at"],
-                    data.get("edited_at"),
-                    data.get("reply_to_telegram_id"),
-                    data.get("forwarded_from", "")[:255],
-                    data.get("raw", {}),
-                    now,
-                    now,
-                )
-            )
+            write_row((chat_id, *_telegram_values(data), data.get("raw", {}), now, now))
+
+
+def _telegram_values(data: MessageData) -> tuple[Any, ...]:
+    """A message's `Message.TELEGRAM_FIELDS` values, in that order, with their defaults."""
+    return (
+        data["telegram_id"],
+        data.get("author_id"),
+        data.get("author_name", "")[:255],
+        data.get("text", ""),
+        data["sent_at"],
+        data.get("edited_at"),
+        data.get("reply_to_telegram_id"),
+        data.get("forwarded_from", "")[:255],
+    )
 
 
 def _copy_column(name: str) -> tuple[str, str]:
