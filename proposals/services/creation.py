@@ -26,6 +26,10 @@ _SPACES = re.compile(r"\s+")
 class ProposalData:
     """One proposal as an LLM answer gives it, already checked against the schema."""
 
+    # What is copied as it is into the stored proposal (`create_proposals`), and from a
+    # stored proposal into its parts (`split_proposal`).
+    COPIED = ("description", "priority", "category", "tags", "due_date", "confidence", "recommendation")
+
     title: str
     description: str
     priority: str
@@ -240,15 +244,9 @@ def create_proposals(
             batch_id=batch_id,
             project=new.project,
             title=data.title[:300],
-            description=data.description,
+            **{name: getattr(data, name) for name in ProposalData.COPIED},
             suggested_assignee=new.suggested_assignee,
             suggested_assignee_name=data.assignee_name[:255],
-            priority=data.priority,
-            category=data.category,
-            tags=data.tags,
-            due_date=data.due_date,
-            confidence=data.confidence,
-            recommendation=data.recommendation,
             reasoning=data.reasoning,
             similar_task_id=similar.task_id if similar else None,
             similarity_score=similar.score if similar else None,

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from projects import access
 from projects.models import Task, WebhookEndpoint
-from projects.services import append_to_task, create_task, delete_task_if_unused, task_payload
+from projects.services import TASK_DETAILS, append_to_task, create_task, delete_task_if_unused, task_payload
 from projects.webhooks import emit_webhook
 from proposals.consumers import proposal_group
 from proposals.models import ReviewEvent, TaskProposal
@@ -161,14 +161,9 @@ def approve_proposal(
     else:
         task = create_task(
             project=proposal.project,
-            title=proposal.title,
-            description=proposal.description,
             assignee=proposal.suggested_assignee,
-            priority=proposal.priority,
-            category=proposal.category,
-            tags=proposal.tags,
-            due_date=proposal.due_date,
             created_by=user,
+            **{name: getattr(proposal, name) for name in TASK_DETAILS},
         )
         action = ReviewEvent.Action.APPROVE
     proposal.task = task
@@ -316,16 +311,14 @@ def split_proposal(*, proposal_id: int, user: User, parts: Sequence[dict[str, An
             NewProposal(
                 project=proposal.project,
                 data=ProposalData(
-                    title=str(part["title"]).strip(),
-                    description=str(part.get("description") or ""),
-                    priority=proposal.priority,
-                    category=proposal.category,
-                    tags=list(proposal.tags),
-                    due_date=proposal.due_date,
-                    confidence=proposal.confidence,
-                    reasoning=f"Split from proposal {proposal.pk}. {proposal.reasoning}".strip(),
-                    recommendation=proposal.recommendation,
-                    assignee_name=proposal.suggested_assignee_name,
+                    **{name: getattr(proposal, name) for name in ProposalData.COPIED}
+                    | {
+                        "title": str(part["title"]).strip(),
+                        "description": str(part.get("description") or ""),
+                        "tags": list(proposal.tags),
+                        "reasoning": f"Split from proposal {proposal.pk}. {proposal.reasoning}".strip(),
+                        "assignee_name": proposal.suggested_assignee_name,
+                    }
                 ),
                 source_messages=[sources[pk] for pk in part["source_message_ids"]],
                 suggested_assignee=proposal.suggested_assignee,
