@@ -80,6 +80,14 @@ class AnalysisRun(UsageFields):
     messages_kept = models.PositiveIntegerField(default=0)
     prefilter_stats = models.JSONField(default=dict, blank=True, help_text="Messages dropped, by reason.")
     batches_total = models.PositiveIntegerField(default=0)
+    # Planning reads the window in chunks and writes each chunk's batches in a transaction of
+    # its own (`analysis.services.plan_run`), queuing them as it goes: while `planning`, the
+    # run does not complete however many of its batches are done. `plan_cursor` is where it
+    # stopped (the last message read, the batch still open), `plan_saved_at` when it last
+    # wrote: a planning killed midway goes on from there.
+    planning = models.BooleanField(default=False)
+    plan_cursor = models.JSONField(default=dict, blank=True)
+    plan_saved_at = models.DateTimeField(null=True, blank=True)
     batches_done = models.PositiveIntegerField(default=0)
     batches_failed = models.PositiveIntegerField(default=0)
     proposals_created = models.PositiveIntegerField(default=0)

@@ -260,39 +260,77 @@ class PlannedBatch:
         return [m.id for m in self.messages]
 
 
-def create_batches(
-    messages: Sequence[PipelineMessage], *, token_budget: int, time_gap: timedelta
-) -> list[PlannedBatch]:
-    """Cut chronological messages into batches of at most `token_budget` tokens.
+class BatchCutter:
+    """Cuts chronological messages into batches of at most `token_budget` tokens, one
+    message at a time, so a window is batched as it is read (`create_batches` feeds it a
+    list; planning feeds it chunks).
 
     A conversation break longer than `time_gap` starts a new batch, unless the message
     replies to one in the current batch. When the budget cuts a conversation, a reply's
     parent from the batch before is repeated at the head of the new batch as context.
     A single message over the budget gets a batch of its own.
+
+    All it remembers is the open batch (`open`, `tokens`): the previous message is its last,
+    and a parent repeated at a cut comes from it. Started again from an open batch (`open`,
+    `tokens` saved by a planning that stopped), it cuts the rest as if it had never stopped.
     """
-    batches: list[PlannedBatch] = []
-    current: list[PipelineMessage] = []
-    tokens = 0
-    by_id = {m.id: m for m in messages}
-    previous: PipelineMessage | None = None
-    for message in sorted(messages, key=lambda m: (m.sent_at, m.id)):
+
+    def __init__(
+        self,
+        *,
+        token_budget: int,
+        time_gap: timedelta,
+        open: Sequence[PipelineMessage] = (),
+        tokens: int = 0,
+    ) -> None:
+        self.token_budget, self.time_gap = token_budget, time_gap
+        self.open: list[PipelineMessage] = list(open)
+        self.tokens = tokens
+        self._open_ids = {m.id for m in self.open}
+
+    def add(self, message: PipelineMessage) -> PlannedBatch | None:
+        """Add the next message (in (sent_at, id) order); returns the batch it closed, if any."""
         cost = message_tokens(message)
-        in_current = {m.id for m in current}
-        replies_here = message.reply_to is not None and message.reply_to in in_current
+        closed = None
+        previous = self.open[-1] if self.open else None
+        replies_here = message.reply_to is not None and message.reply_to in self._open_ids
         gap_break = (
-            previous is not None and message.sent_at - previous.sent_at > time_gap and not replies_here
+            previous is not None and message.sent_at - previous.sent_at > self.time_gap and not replies_here
         )
-        if current and (gap_break or tokens + cost > token_budget):
-            batches.append(PlannedBatch(current, tokens))
-            current, tokens = [], 0
-            parent = by_id.get(message.reply_to) if message.reply_to is not None else None
-            if not gap_break and parent is not None and parent.id in in_current:
+        if self.open and (gap_break or self.tokens + cost > self.token_budget):
+            closed = PlannedBatch(self.open, self.tokens)
+            parent = self._parent(message) if not gap_break and replies_here else None
+            self.open, self.tokens = [], 0
+            if parent is not None:
                 parent_cost = message_tokens(parent)
-                if parent_cost + cost <= token_budget:
-                    current, tokens = [parent], parent_cost
-        current.append(message)
-        tokens += cost
-        previous = message
-    if current:
-        batches.append(PlannedBatch(current, tokens))
-    return batches
+                if parent_cost + cost <= self.token_budget:
+                    self.open, self.tokens = [parent], parent_cost
+            self._open_ids = {m.id for m in self.open}
+        self.open.append(message)
+        self._open_ids.add(message.id)
+        self.tokens += cost
+        return closed
+
+    def finish(self) -> PlannedBatch | None:
+        """The last batch, once every message was added."""
+        closed = PlannedBatch(self.open, self.tokens) if self.open else None
+        self.open, self.tokens, self._open_ids = [], 0, set()
+        return closed
+
+    def _parent(self, message: PipelineMessage) -> PipelineMessage | None:
+        return next((m for m in self.open if m.id == message.reply_to), None)
+
+
+def create_batches(
+    messages: Sequence[PipelineMessage], *, token_budget: int, time_gap: timedelta
+) -> list[PlannedBatch]:
+    """Cut chronological messages into batches of at most `token_budget` tokens
+    (`BatchCutter` says how)."""
+    cutter = BatchCutter(token_budget=token_budget, time_gap=time_gap)
+    batches = [
+        closed
+        for message in sorted(messages, key=lambda m: (m.sent_at, m.id))
+        if (closed := cutter.add(message)) is not None
+    ]
+    last = cutter.finish()
+    return [*batches, last] if last is not None else batches

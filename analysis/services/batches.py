@@ -8,15 +8,17 @@ number of messages or proposals.
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q, QuerySet, Subquery
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from agents.prompts import (
@@ -29,7 +31,7 @@ from agents.prompts import (
 )
 from agents.usage import LLMError, LLMUsage
 from analysis.models import AnalysisRun, Batch
-from analysis.pipeline import PipelineMessage, create_batches, prefilter_messages
+from analysis.pipeline import BatchCutter, PipelineMessage, PlannedBatch, prefilter_messages
 from analysis.services.answers import read_answer
 from analysis.services.runs import (
     FINISH_EVENTS,
@@ -46,7 +48,7 @@ from analysis.services.runs import (
 from projects.models import Project
 from proposals.models import TaskProposal
 from proposals.services import NewProposal, create_proposals
-from sources.models import Message
+from sources.models import Chat, Message
 
 logger = logging.getLogger(__name__)
 Status = AnalysisRun.Status
@@ -56,23 +58,32 @@ Status = AnalysisRun.Status
 # What the pipeline reads of a message (not its raw update, often kilobytes).
 PROMPT_FIELDS = ("pk", "chat_id", "telegram_id", "author_name", "text", "sent_at", "reply_to_telegram_id")
 
+# Messages read per query when planning, and per transaction that writes their batches: the
+# planning's memory is a chunk and the open batch, whatever the window.
+PLAN_CHUNK_SIZE = 2000
+# A planning announces its progress at most this often (and when it ends): each event
+# carries the run's state with every batch so far (`run_state`), one read of them all.
+PLAN_PROGRESS_SECONDS = 5.0
 
-def fetch_messages(*, run: AnalysisRun) -> list[Message]:
-    """The messages of the run's window in the active chats its projects read."""
+
+def _window_chat_ids(run: AnalysisRun) -> set[int]:
+    """The active chats of the run's projects (those of `run.chats` when it names some)."""
     chat_ids = {cid for p in run.config_snapshot.get("projects", []) for cid in p["chat_ids"]}
     restricted = set(run.chats.values_list("pk", flat=True))
     if restricted:
         chat_ids &= restricted
-    return list(
-        Message.objects.filter(
-            chat_id__in=chat_ids,
-            chat__is_active=True,
-            sent_at__gte=run.window_start,
-            sent_at__lt=run.window_end,
-        )
-        .order_by("sent_at", "pk")
-        .only(*PROMPT_FIELDS)
-    )
+    return set(Chat.objects.filter(pk__in=chat_ids, is_active=True).values_list("pk", flat=True))
+
+
+def _window(run: AnalysisRun, chat_ids: set[int]) -> QuerySet[Message]:
+    return Message.objects.filter(
+        chat_id__in=chat_ids, sent_at__gte=run.window_start, sent_at__lt=run.window_end
+    ).order_by("sent_at", "pk")
+
+
+def fetch_messages(*, run: AnalysisRun) -> list[Message]:
+    """The messages of the run's window in the active chats its projects read."""
+    return list(_window(run, _window_chat_ids(run)).only(*PROMPT_FIELDS))
 
 
 def to_pipeline(messages: Sequence[Message]) -> list[PipelineMessage]:
@@ -89,43 +100,207 @@ def to_pipeline(messages: Sequence[Message]) -> list[PipelineMessage]:
     ]
 
 
-@transaction.atomic
-def plan_run(*, run_id: int) -> list[int]:
+def _as_pipeline(run: AnalysisRun, messages: QuerySet[Message]) -> list[PipelineMessage]:
+    """`messages` as the pipeline sees them, each reply's parent looked up in the run's window
+    (by the unique (chat, telegram id) index), as `to_pipeline` finds it among the whole
+    window's messages: a parent outside the window is no parent."""
+    parents = Message.objects.filter(
+        chat_id=OuterRef("chat_id"),
+        telegram_id=OuterRef("reply_to_telegram_id"),
+        sent_at__gte=run.window_start,
+        sent_at__lt=run.window_end,
+    ).values("pk")[:1]
+    rows = messages.annotate(parent=Subquery(parents)).values_list(
+        "pk", "sent_at", "author_name", "text", "reply_to_telegram_id", "parent"
+    )
+    return [
+        PipelineMessage(
+            id=pk, sent_at=sent_at, author=author, text=text, reply_to=parent if reply_to else None
+        )
+        for pk, sent_at, author, text, reply_to, parent in rows
+    ]
+
+
+def _read_chunk(
+    run: AnalysisRun, chat_ids: set[int], *, after: dict[str, Any], size: int
+) -> list[PipelineMessage]:
+    """The next `size` messages of the window after the cursor `after`, in (sent_at, id)
+    order: a keyset read, which the `sent_at` index serves without an OFFSET."""
+    rows = _window(run, chat_ids)
+    if after:
+        sent_at = datetime.fromisoformat(after["sent_at"])
+        rows = rows.filter(
+            Q(sent_at__gt=sent_at) | Q(sent_at=sent_at, pk__gt=after["id"]), sent_at__gte=sent_at
+        )
+    return _as_pipeline(run, rows[:size])
+
+
+def _open_batch(run: AnalysisRun, cursor: dict[str, Any]) -> list[PipelineMessage]:
+    """The batch a stopped planning left open, in its order (a repeated parent first)."""
+    ids = cursor.get("open", [])
+    if not ids:
+        return []
+    found = {m.id: m for m in _as_pipeline(run, Message.objects.filter(pk__in=ids).order_by())}
+    return [found[pk] for pk in ids if pk in found]
+
+
+@dataclass
+class _Planning:
+    """What one planning process knows of the run it plans."""
+
+    run_id: int
+    cursor: dict[str, Any]  # as this process last wrote it (or found it)
+    planned: list[int]  # the batches it wrote or found unfinished
+    finished: bool = False  # planned already: nothing to read
+    announced_at: float = float("-inf")  # time.monotonic() of its last progress event
+
+
+def _begin_planning(run_id: int, on_batches: Callable[[list[int]], None] | None) -> _Planning | None:
+    """Mark a running run as planning, and hand over the batches an earlier planning of it
+    wrote that no worker finished (their claims keep any from being done twice). None when
+    the run is not running; `finished` when it was planned already (a restarted task)."""
+    with transaction.atomic():
+        run = AnalysisRun.objects.select_for_update().get(pk=run_id)
+        if run.status != Status.RUNNING:
+            return None
+        unfinished = list(
+            run.batches.filter(status__in=[Batch.Status.PENDING, Batch.Status.RUNNING])
+            .order_by("index")
+            .values_list("pk", flat=True)
+        )
+        _hand_over(unfinished, on_batches)
+        if not run.planning and (run.plan_cursor or run.batches_total):
+            return _Planning(run_id, run.plan_cursor, list(unfinished), finished=True)
+        if not run.planning:
+            AnalysisRun.objects.filter(pk=run_id).update(planning=True, plan_saved_at=timezone.now())
+        return _Planning(run_id, run.plan_cursor, list(unfinished))
+
+
+def _hand_over(batch_ids: list[int], on_batches: Callable[[list[int]], None] | None) -> None:
+    if batch_ids and on_batches is not None:
+        transaction.on_commit(lambda: on_batches(batch_ids))
+
+
+def _save_chunk(
+    planning: _Planning,
+    *,
+    closed: list[PlannedBatch],
+    cutter: BatchCutter,
+    last: PipelineMessage | None,
+    fetched: int,
+    kept: int,
+    dropped: dict[str, int],
+    done: bool,
+    on_batches: Callable[[list[int]], None] | None,
+) -> bool:
+    """Write a chunk's batches, the run's counters and the planning's cursor in one
+    transaction, and hand the batches over once it commits. False when the run is no longer
+    this planning's to write (cancelled, or another planning of it went on from the same
+    cursor): nothing is written then.
+
+    The run's row is locked and its cursor compared with the one this planning started from,
+    so two plannings of one run never both write a chunk; a batch's commit, which locks the
+    row too, sees the counters and `planning` as a whole chunk left them."""
+    with transaction.atomic():
+        run = (
+            AnalysisRun.objects.select_for_update()
+            .only("status", "planning", "plan_cursor", "batches_total", "prefilter_stats")
+            .get(pk=planning.run_id)
+        )
+        if run.status != Status.RUNNING or not run.planning or run.plan_cursor != planning.cursor:
+            return False
+        batches = Batch.objects.bulk_create(
+            Batch(run_id=run.pk, index=run.batches_total + i, message_ids=b.message_ids, token_count=b.tokens)
+            for i, b in enumerate(closed)
+        )
+        stats = Counter(run.prefilter_stats) + Counter(dropped)
+        cursor = (
+            {
+                "sent_at": last.sent_at.isoformat(),
+                "id": last.id,
+                "open": [m.id for m in cutter.open],
+                "tokens": cutter.tokens,
+            }
+            if last is not None
+            else planning.cursor
+        )
+        AnalysisRun.objects.filter(pk=run.pk).update(
+            messages_fetched=F("messages_fetched") + fetched,
+            messages_kept=F("messages_kept") + kept,
+            prefilter_stats=dict(sorted(stats.items())),
+            batches_total=F("batches_total") + len(batches),
+            plan_cursor=cursor,
+            plan_saved_at=timezone.now(),
+            planning=not done,
+        )
+        planning.cursor = cursor
+        ids = [b.pk for b in batches]
+        planning.planned.extend(ids)
+        if done or time.monotonic() - planning.announced_at >= PLAN_PROGRESS_SECONDS:
+            planning.announced_at = time.monotonic()
+            emit(run.pk, "progress_updated")
+        if done:
+            finish_run_if_done(run_id=run.pk)
+        _hand_over(ids, on_batches)
+    return True
+
+
+def plan_run(
+    *,
+    run_id: int,
+    on_batches: Callable[[list[int]], None] | None = None,
+    chunk_size: int = PLAN_CHUNK_SIZE,
+) -> list[int]:
     """Fetch, prefilter and batch a running run's messages once; return the batches to do.
 
-    Idempotent: a run whose batches exist (a restarted task) gets its unfinished ones.
+    The window is read `chunk_size` messages at a time in (sent_at, id) order; each chunk's
+    closed batches, the run's counters and where planning stands (`plan_cursor`: the last
+    message read and the batch still open) are written in one transaction, and handed to
+    `on_batches` (the task queues them) once it commits: workers start on the first batches
+    while the rest is planned, and the memory is a chunk's, whatever the window. The batches
+    are those one pass over the whole window cuts (`BatchCutter`). The run completes only
+    once planning has finished (`planning`) and every batch is counted.
+
+    Idempotent and resumable: a planning that stopped midway (its worker killed) goes on from
+    its cursor; a run planned already gets its unfinished batches.
     """
-    run = AnalysisRun.objects.select_for_update().get(pk=run_id)
-    if run.batches.exists():
-        return list(
-            run.batches.filter(status__in=[Batch.Status.PENDING, Batch.Status.RUNNING]).values_list(
-                "pk", flat=True
-            )
-        )
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1.")
+    planning = _begin_planning(run_id, on_batches)
+    if planning is None or planning.finished:
+        return planning.planned if planning is not None else []
+    run = AnalysisRun.objects.select_related("assignment__agent").get(pk=run_id)
     projects = run.config_snapshot.get("projects", [])
-    messages = fetch_messages(run=run)
-    kept = prefilter_messages(
-        to_pipeline(messages),
-        keywords=[k for p in projects for k in p["keywords"]],
-        exclude_keywords=[k for p in projects for k in p["exclude_keywords"]],
-    )
+    keywords = [k for p in projects for k in p["keywords"]]
+    exclude_keywords = [k for p in projects for k in p["exclude_keywords"]]
     gap = min((p["batch_time_gap_minutes"] for p in projects), default=60)
-    planned = create_batches(
-        kept.kept, token_budget=run.assignment.agent.batch_token_budget, time_gap=timedelta(minutes=gap)
+    cutter = BatchCutter(
+        token_budget=run.assignment.agent.batch_token_budget,
+        time_gap=timedelta(minutes=gap),
+        open=_open_batch(run, planning.cursor),
+        tokens=planning.cursor.get("tokens", 0),
     )
-    batches = Batch.objects.bulk_create(
-        Batch(run=run, index=i, message_ids=b.message_ids, token_count=b.tokens)
-        for i, b in enumerate(planned)
-    )
-    run.messages_fetched = len(messages)
-    run.messages_kept = len(kept.kept)
-    run.prefilter_stats = kept.stats
-    run.batches_total = len(batches)
-    run.save(update_fields=["messages_fetched", "messages_kept", "prefilter_stats", "batches_total"])
-    emit(run.pk, "progress_updated")
-    if not batches:
-        finish_run_if_done(run_id=run.pk)
-    return [b.pk for b in batches]
+    chat_ids = _window_chat_ids(run)
+    while True:
+        chunk = _read_chunk(run, chat_ids, after=planning.cursor, size=chunk_size)
+        done = len(chunk) < chunk_size
+        kept = prefilter_messages(chunk, keywords=keywords, exclude_keywords=exclude_keywords)
+        closed = [batch for m in kept.kept if (batch := cutter.add(m)) is not None]
+        if done and (last_batch := cutter.finish()) is not None:
+            closed.append(last_batch)
+        saved = _save_chunk(
+            planning,
+            closed=closed,
+            cutter=cutter,
+            last=chunk[-1] if chunk else None,
+            fetched=len(chunk),
+            kept=len(kept.kept),
+            dropped=kept.stats,
+            done=done,
+            on_batches=on_batches,
+        )
+        if not saved or done:
+            return planning.planned
 
 
 def claim_batch(*, batch_id: int, claim_id: str) -> Batch | None:

@@ -407,9 +407,11 @@ def _finish_if_done(*, run_id: int) -> bool:
     the one to completed. Only one move out of running ever matches, so exactly one
     batch's commit finishes the run. The caller holds the run's row lock (`_commit_batch`'s
     counters UPDATE, `plan_run`'s SELECT FOR UPDATE) until it commits, so no other commit
-    changes the counters between the two UPDATEs.
+    changes the counters between the two UPDATEs. A run still planning (`planning`) does not
+    finish: the planning's last transaction asks again once every batch is written.
     """
-    all_counted = Q(batches_total=F("batches_done") + F("batches_failed"))
+    # While planning (`plan_run`) writes batches, those written may all be counted already.
+    all_counted = Q(batches_total=F("batches_done") + F("batches_failed"), planning=False)
     now = timezone.now()
     return transition_run(
         run_id=run_id,
@@ -610,10 +612,12 @@ def resume_stale_runs(*, lease_seconds: float, planning_lease_seconds: float | N
     A batch also still in the queue is claimed by one delivery only. When no worker was
     found dead, only the pending batches of runs with no sign of life for
     `planning_lease_seconds` (default `lease_seconds`: no batch renewed or finished since,
-    nor the run begun) are queued again, in case their messages were lost otherwise: this
-    runs every 30 s, and queueing a waiting run's batches each time would flood the queue
-    with copies. A run still pending, or running unplanned, that long after it was created
-    is started again. Batches put back for a passing reason (`requeued_batches`) are queued
+    nor the run begun, nor its planning written) are queued again, in case their messages
+    were lost otherwise: this runs every 30 s, and queueing a waiting run's batches each
+    time would flood the queue with copies. A run still pending, or running unplanned, that
+    long after it was created is started again, and so is a run whose planning wrote nothing
+    for that long (its worker died midway): its planning goes on from where it stopped
+    (`plan_run`). Batches put back for a passing reason (`requeued_batches`) are queued
     too, in case the broker was down when they were put back. Returns the number of batches
     queued.
     """
@@ -624,12 +628,17 @@ def resume_stale_runs(*, lease_seconds: float, planning_lease_seconds: float | N
         alive = Batch.objects.filter(
             Q(heartbeat_at__gte=quiet_since) | Q(finished_at__gte=quiet_since), run__status=Status.RUNNING
         )
-        pending = pending.filter(run__started_at__lt=quiet_since).exclude(run_id__in=alive.values("run_id"))
+        pending = (
+            pending.filter(run__started_at__lt=quiet_since)
+            .exclude(run_id__in=alive.values("run_id"))
+            .exclude(run__plan_saved_at__gte=quiet_since)  # planning wrote (and queued) lately
+        )
     queued = sorted({*pending.values_list("pk", flat=True), *requeued_batches().values_list("pk", flat=True)})
     for batch_id in queued:
         queue_batch(batch_id)
+    unplanned = Q(batches_total=0, planning=False) | Q(planning=True, plan_saved_at__lt=quiet_since)
     stuck_runs = AnalysisRun.objects.filter(
-        Q(status=Status.PENDING) | Q(status=Status.RUNNING, batches_total=0), created_at__lt=quiet_since
+        Q(status=Status.PENDING) | Q(unplanned, status=Status.RUNNING), created_at__lt=quiet_since
     ).values_list("pk", flat=True)
     for run_id in stuck_runs:
         queue_run(run_id)
