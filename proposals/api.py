@@ -15,6 +15,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import filters as drf_filters
 from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
@@ -26,6 +27,7 @@ from projects.models import Task
 from proposals.models import ReviewEvent, TaskProposal
 from proposals.selectors import (
     filter_band,
+    filter_words,
     may_review_any,
     proposal_detail,
     proposal_list,
@@ -367,6 +369,15 @@ class ProposalFilter(filters.FilterSet):
         return filter_band(queryset, value)
 
 
+class ProposalSearchFilter(drf_filters.SearchFilter):
+    """DRF's `search` (its words, split its way), every one in the title or the description,
+    through `filter_words`, which uses the title and description indexes."""
+
+    def filter_queryset(self, request: Any, queryset: QuerySet[Any], view: Any) -> QuerySet[Any]:
+        terms = self.get_search_terms(request)
+        return filter_words(queryset, terms) if terms else queryset
+
+
 # Views
 
 
@@ -405,6 +416,11 @@ class ProposalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     serializer_class = ProposalSerializer
     permission_classes = [permissions.IsAuthenticated]
     filterset_class = ProposalFilter
+    filter_backends = [
+        filters.DjangoFilterBackend,
+        drf_filters.OrderingFilter,
+        ProposalSearchFilter,
+    ]
     search_fields = ["title", "description"]
     ordering_fields = ["confidence", "created_at"]
     lookup_value_regex = r"\d+"

@@ -5,6 +5,9 @@ from django.urls import reverse
 from projects.models import Task
 
 HIGH_CONFIDENCE = 0.9
+# SQLite's FTS5 trigram index of proposals' titles and descriptions, kept by triggers
+# (migration 0004); PostgreSQL has GIN trigram indexes on UPPER(title) and UPPER(description).
+PROPOSAL_FTS = "proposals_taskproposal_fts"
 MEDIUM_CONFIDENCE = 0.7
 
 

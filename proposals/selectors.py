@@ -2,15 +2,17 @@
 reviews which proposals is `projects.access`'s to say: the members of a project see its
 proposals, its reviewers and leads review them."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
+from django.db import connection
 from django.db.models import Count, Prefetch, Q, QuerySet, prefetch_related_objects
+from django.db.models.expressions import RawSQL
 
 from projects import access
 from projects.models import Project, ProjectMembership, Task
-from proposals.models import HIGH_CONFIDENCE, MEDIUM_CONFIDENCE, ReviewEvent, TaskProposal
+from proposals.models import HIGH_CONFIDENCE, MEDIUM_CONFIDENCE, PROPOSAL_FTS, ReviewEvent, TaskProposal
 from sources.models import Chat, Message
 from tasktracker.types import AnyUser
 
@@ -77,9 +79,24 @@ def review_queue(
         queryset = queryset.filter(project_id=project_id)
     if run_id:
         queryset = queryset.filter(run_id=run_id)
-    for word in text.split():
-        queryset = queryset.filter(Q(title__icontains=word) | Q(description__icontains=word))
-    return filter_band(queryset, band).order_by("-confidence", "created_at", "pk")
+    return filter_band(filter_words(queryset, text.split()), band).order_by("-confidence", "created_at", "pk")
+
+
+def filter_words(queryset: QuerySet[TaskProposal], words: Iterable[str]) -> QuerySet[TaskProposal]:
+    """Proposals with every word in their title or description, in any case: the review
+    queue's text and the API's `search`. On PostgreSQL `icontains` uses the GIN trigram
+    indexes on UPPER(title) and UPPER(description). On SQLite a word of three characters or
+    more is a phrase of trigrams in the FTS5 index (a phrase of consecutive trigrams is a
+    substring); a shorter one has no trigram and is looked for with `icontains`."""
+    fts = connection.vendor == "sqlite"
+    for word in words:
+        if fts and len(word) >= 3:
+            phrase = '{title description} : "' + word.replace('"', '""') + '"'
+            matching = RawSQL(f"SELECT rowid FROM {PROPOSAL_FTS} WHERE {PROPOSAL_FTS} MATCH %s", [phrase])  # noqa: S608, S611
+            queryset = queryset.filter(pk__in=matching)
+        else:
+            queryset = queryset.filter(Q(title__icontains=word) | Q(description__icontains=word))
+    return queryset
 
 
 @dataclass(frozen=True)

@@ -2,24 +2,27 @@
 (`split_proposal`), each marked with the live proposal or task it repeats (`DuplicateFinder`)."""
 
 import difflib
+import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Subquery
 from django.utils import timezone
 
 from projects.models import Project, Task
-from proposals.models import TaskProposal
+from proposals.models import PROPOSAL_FTS, TaskProposal
 from sources.models import Message
 
 SIMILAR_TITLE_RATIO = 0.85
+CANDIDATES = 20  # the stored titles closest by trigrams to a new one, of proposals and of tasks
 LIVE = (TaskProposal.Status.PENDING, TaskProposal.Status.APPROVED)
 _SPACES = re.compile(r"\s+")
+Param = int | str
 
 
 @dataclass(frozen=True)
@@ -108,19 +111,146 @@ def _title_ratio(new: _Title, old: _Title, *, beat: float | None = None) -> floa
     return difflib.SequenceMatcher(None, new.normal, old.normal).ratio()
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """The stored titles a new title may repeat, as (pk, title), newest first: the live
+    proposals' and the tasks'."""
+
+    proposals: list[tuple[int, str]]
+    tasks: list[tuple[int, str]]
+
+
+def title_candidates(*, project_id: int, titles: Iterable[str]) -> dict[str, Candidates]:
+    """For each title, the `CANDIDATES` live proposals and as many tasks (not cancelled) of
+    the project whose titles are closest to it by trigrams, read from the trigram indexes
+    (proposals' 0004 and projects' 0005 migrations): two queries, whatever the number of
+    titles and the size of the project's history. Their difflib ratio is the caller's to
+    compute: the trigram filter is only a sieve, wide enough that a title at the duplicate
+    threshold (`SIMILAR_TITLE_RATIO`) passes it, unless it shares less than a third of
+    its trigrams (pg_trgm's default threshold, 0.3; on SQLite `MIN_SHARED_TRIGRAMS`), as
+    titles of one or two letters or of punctuation alone do."""
+    titles = list(dict.fromkeys(titles))
+    if not titles:
+        return {}
+    vendor = connection.vendor
+    if vendor == "postgresql":
+        return _postgres_candidates(project_id, titles)
+    if vendor == "sqlite":
+        return _sqlite_candidates(project_id, titles)
+    raise NotImplementedError(f"No title index on {vendor}: the duplicate check needs PostgreSQL or SQLite.")
+
+
+def _postgres_candidates(project_id: int, titles: list[str]) -> dict[str, Candidates]:
+    """pg_trgm's `%` (similarity at least `pg_trgm.similarity_threshold`, 0.3) on the GIN
+    index of UPPER(title), the closest first, one LATERAL subquery per title."""
+    found: dict[str, Candidates] = {t: Candidates([], []) for t in titles}
+    for table, live, which in (
+        (TaskProposal._meta.db_table, "status = ANY(%s)", "proposals"),
+        (Task._meta.db_table, "status <> ALL(%s)", "tasks"),
+    ):
+        statuses = list(LIVE) if which == "proposals" else [Task.Status.CANCELLED]
+        sql = f"""
+            SELECT q.i, c.id, c.title FROM unnest(%s::text[]) WITH ORDINALITY AS q(t, i)
+            CROSS JOIN LATERAL (
+                SELECT id, title, created_at FROM {table}
+                WHERE project_id = %s AND {live} AND UPPER(title) %% UPPER(q.t)
+                ORDER BY similarity(UPPER(title), UPPER(q.t)) DESC, created_at DESC, id DESC
+                LIMIT %s
+            ) c
+            ORDER BY q.i, c.created_at DESC, c.id DESC"""  # noqa: S608 (table names are ours)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [titles, project_id, statuses, CANDIDATES])
+            for i, pk, title in cursor.fetchall():
+                getattr(found[titles[i - 1]], which).append((pk, title))
+    return found
+
+
+TASK_FTS = "projects_task_fts"
+MIN_SHARED_TRIGRAMS = 1 / 3
+
+
+def _trigrams(title: str) -> set[str]:
+    """The terms of SQLite FTS5's trigram tokenizer: every three characters, case folded."""
+    folded = title.lower()
+    return {folded[i : i + 3] for i in range(len(folded) - 2)}
+
+
+def _fts_phrase(term: str) -> str:
+    return '"' + term.replace('"', '""') + '"'
+
+
+def _sqlite_candidates(project_id: int, titles: list[str]) -> dict[str, Candidates]:
+    """FTS5 trigram tables (kept by triggers). A title at the threshold shares at least a
+    third of its trigrams (`MIN_SHARED_TRIGRAMS`) with the one it repeats, so it shares at
+    least one of any two thirds of them, plus one: the rarest ones, as the tables'
+    vocabularies count them (one query), whose posting lists are short however long the
+    history. Rows holding any of those are ranked by bm25, the best `CANDIDATES` kept (one
+    query, a UNION ALL of one subquery per title and table)."""
+    grams = {t: _trigrams(t) for t in titles}
+    everything = sorted(set().union(*grams.values()))
+    if not everything:
+        return {t: Candidates([], []) for t in titles}
+    marks = ", ".join(["%s"] * len(everything))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT 'proposals', term, doc FROM {PROPOSAL_FTS}_vocab "  # noqa: S608
+            f"WHERE col = 'title' AND term IN ({marks}) "
+            f"UNION ALL SELECT 'tasks', term, doc FROM {TASK_FTS}_vocab WHERE term IN ({marks})",
+            [*everything, *everything],
+        )
+        docs = {(which, term): doc for which, term, doc in cursor.fetchall()}
+    parts: list[tuple[str, list[Param]]] = []
+    for i, title in enumerate(titles):
+        needed = math.ceil(len(grams[title]) * MIN_SHARED_TRIGRAMS)
+        for which, fts, table, live in (
+            ("proposals", PROPOSAL_FTS, TaskProposal._meta.db_table, "c.status IN (%s, %s)"),
+            ("tasks", TASK_FTS, Task._meta.db_table, "c.status <> %s"),
+        ):
+            present = sorted((docs[which, g], g) for g in grams[title] if (which, g) in docs)
+            rarest = [g for _, g in present[: len(present) - needed + 1]]
+            if not rarest:
+                continue
+            statuses = list(LIVE) if which == "proposals" else [Task.Status.CANCELLED]
+            match = "title : (" + " OR ".join(_fts_phrase(g) for g in rarest) + ")"
+            sql = (
+                f"SELECT * FROM (SELECT %s, %s, c.id, c.title, c.created_at FROM {fts} "  # noqa: S608
+                f"JOIN {table} c ON c.id = {fts}.rowid WHERE {fts} MATCH %s AND c.project_id = %s "
+                f"AND {live} ORDER BY {fts}.rank LIMIT %s)"
+            )
+            parts.append((sql, [i, which, match, project_id, *statuses, CANDIDATES]))
+    rows: list[tuple[int, str, int, str, str]] = []
+    with connection.cursor() as cursor:
+        for start in range(0, len(parts), 200):  # SQLite allows 500 terms in a compound SELECT
+            chunk = parts[start : start + 200]
+            cursor.execute(" UNION ALL ".join(sql for sql, _ in chunk), [p for _, ps in chunk for p in ps])
+            rows += cursor.fetchall()
+    found = {t: Candidates([], []) for t in titles}
+    # Newest first: created_at (ISO text on SQLite), then id.
+    for i, which, pk, title, _ in sorted(rows, key=lambda r: (r[4], r[2]), reverse=True):
+        getattr(found[titles[i]], which).append((pk, title))
+    return found
+
+
 class DuplicateFinder:
     """Finds what new proposals repeat among the live proposals and tasks of their projects,
-    in a constant number of queries however many proposals there are: one for the live
-    proposals citing any of `message_ids` (with all their sources), and per project two for
-    the newest live proposal and task titles, when a proposal first needs them. Proposals
-    being created are `add`ed, so the proposals of one batch are compared with each other."""
+    in a constant number of queries however many proposals there are and however long the
+    projects' history: one for the live proposals citing any of `message_ids` (with all their
+    sources), and per project two (`title_candidates`) for the few titles of its live
+    proposals and tasks closest to `titles` by trigrams, read from an index, when a proposal
+    first needs them (a title not given in `titles` costs two more). Proposals being created
+    are `add`ed, so the proposals of one batch are compared with each other."""
 
-    TITLES = 500  # the newest live proposals, and tasks, whose titles are compared
-
-    def __init__(self, *, project_ids: Iterable[int], message_ids: Iterable[int]) -> None:
+    def __init__(
+        self,
+        *,
+        project_ids: Iterable[int],
+        message_ids: Iterable[int],
+        titles: Mapping[int, Iterable[str]] | None = None,
+    ) -> None:
         self._by_message: dict[int, list[_Live]] = defaultdict(list)
-        self._titles: dict[int, tuple[list[_Title], list[_Title]]] = {}
-        self._new_titles: dict[int, list[_Title]] = defaultdict(list)
+        self._wanted: dict[int, set[str]] = {pk: set(t) for pk, t in (titles or {}).items()}
+        self._candidates: dict[int, dict[str, Candidates]] = defaultdict(dict)
+        self._new_titles: dict[int, list[_Title]] = defaultdict(list)  # newest first
         self._added = 0
         message_ids, project_ids = set(message_ids), set(project_ids)
         if not message_ids or not project_ids:
@@ -153,7 +283,9 @@ class DuplicateFinder:
 
     def find(self, *, project_id: int, message_ids: Iterable[int], title: str) -> Similarity | None:
         """The live proposal, or task, a new proposal repeats: first by source messages
-        (same or overlapping, scored by Jaccard), then by a close title."""
+        (same or overlapping, scored by Jaccard), then by a close title: the best difflib
+        ratio among the proposals of this call and the candidates, newest first on a tie,
+        proposals before tasks."""
         wanted = set(message_ids)
         candidates = {
             id(c): c for m in wanted for c in self._by_message.get(m, ()) if c.project_id == project_id
@@ -167,15 +299,15 @@ class DuplicateFinder:
         if best is not None:
             return best
         new = _Title(0, title)
-        proposals, tasks = self._load_titles(project_id)
-        for old in proposals:
+        stored = self._title_candidates(project_id, title)
+        for old in [*self._new_titles[project_id], *(_Title(pk, t) for pk, t in stored.proposals)]:
             ratio = _title_ratio(new, old, beat=best.score if best else None)
             if ratio >= SIMILAR_TITLE_RATIO and (best is None or ratio > best.score):
                 best = Similarity(old.ref, None, round(ratio, 3), "similar_title")
-        for old in tasks:
-            ratio = _title_ratio(new, old, beat=best.score if best else None)
+        for pk, task_title in stored.tasks:
+            ratio = _title_ratio(new, _Title(pk, task_title), beat=best.score if best else None)
             if ratio >= SIMILAR_TITLE_RATIO and (best is None or ratio > best.score):
-                best = Similarity(None, int(old.ref), round(ratio, 3), "similar_title")  # type: ignore[arg-type]
+                best = Similarity(None, pk, round(ratio, 3), "similar_title")
         return best
 
     def add(self, proposal: TaskProposal, *, message_ids: Iterable[int]) -> None:
@@ -185,28 +317,14 @@ class DuplicateFinder:
         live = _Live(proposal, proposal.project_id, set(message_ids), None, order)
         for message_id in live.messages:
             self._by_message[message_id].append(live)
-        titled = _Title(proposal, proposal.title)
-        if proposal.project_id in self._titles:
-            proposals = self._titles[proposal.project_id][0]
-            proposals.insert(0, titled)
-            del proposals[self.TITLES :]
-        else:
-            self._new_titles[proposal.project_id].insert(0, titled)
+        self._new_titles[proposal.project_id].insert(0, _Title(proposal, proposal.title))
 
-    def _load_titles(self, project_id: int) -> tuple[list[_Title], list[_Title]]:
-        if project_id not in self._titles:
-            proposals = TaskProposal.objects.filter(project_id=project_id, status__in=LIVE).order_by(
-                "-created_at", "-pk"
-            )
-            tasks = Task.objects.filter(project_id=project_id).exclude(status=Task.Status.CANCELLED)
-            self._titles[project_id] = (
-                [
-                    *self._new_titles.pop(project_id, []),
-                    *(_Title(pk, t) for pk, t in proposals.values_list("pk", "title")[: self.TITLES]),
-                ][: self.TITLES],
-                [_Title(pk, t) for pk, t in tasks.values_list("pk", "title")[: self.TITLES]],
-            )
-        return self._titles[project_id]
+    def _title_candidates(self, project_id: int, title: str) -> "Candidates":
+        loaded = self._candidates[project_id]
+        if title not in loaded:
+            missing = {title} | (self._wanted.pop(project_id, set()) - loaded.keys())
+            loaded.update(title_candidates(project_id=project_id, titles=missing))
+        return loaded[title]
 
 
 @dataclass(frozen=True)
@@ -230,9 +348,13 @@ def create_proposals(
     annotations (apps depend one way), and the rows need only the keys."""
     if not proposals:
         return []
+    titles: dict[int, list[str]] = defaultdict(list)
+    for p in proposals:
+        titles[p.project.pk].append(p.data.title)
     finder = DuplicateFinder(
-        project_ids={p.project.pk for p in proposals},
+        project_ids=titles.keys(),
         message_ids={m.pk for p in proposals for m in p.source_messages},
+        titles=titles,
     )
     rows: list[TaskProposal] = []
     repeats: list[tuple[TaskProposal, TaskProposal]] = []  # a proposal, the earlier one of this call
