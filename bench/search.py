@@ -1,0 +1,338 @@
+"""Message search latency (`GET /api/v1/messages/?search=...`) on PostgreSQL as the table grows.
+
+    .venv/bin/python bench/search.py [--messages 1000000] [--rounds 5] [--reuse] [--explain]
+        [--postgres-url postgres://postgres@127.0.0.1:5432/tasktracker_bench_search]
+
+Fills `sources_message` of a fresh database (migrated to the current code) with `--messages`
+messages in 20 chats, in one `INSERT ... SELECT generate_series` run by the server: each
+message is 4 to 16 words drawn from a 5,000-word vocabulary with a skewed (Zipf-like)
+frequency, so some words are in several percent of the messages and most in a handful.
+`--reuse` keeps a database already filled with as many messages (the fill of a million
+takes minutes) and only runs the searches.
+
+Then runs a mix of searches through the messages API view itself (DRF's request handling,
+the access filter, the selector, the filter backends, the page of 50 with its count, the
+serializer), as two users in turn: a staff user, who sees every chat, and a project member
+who sees half of them. The mix: one common word, one rare word, two common words, a common
+and a rare word, a word absent from every message; each query `--rounds` times, interleaved.
+Prints the p50 and p95 of each kind and of all of them (and, apart, the p50 of the page's
+count query alone, timed after each request), the load average beside them, and
+the goal (p95 under 50 ms at 1,000,000 messages) as PASS or FAIL. `--explain` prints
+EXPLAIN ANALYZE of the count and the page query of a common and a rare search.
+
+It reports, it does not gate: the exit status is 0 unless a run crashed. The database named
+in `--postgres-url` is dropped and recreated (unless `--reuse` finds it filled), so its
+name must contain "bench".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/tasktracker_bench_search"
+GOAL_P95_MS = 50.0
+GOAL_MESSAGES = 1_000_000
+CHATS = 20
+VOCABULARY_SIZE = 5000
+# Real words first: the most frequent ranks, so the common searches read like real ones.
+COMMON_WORDS = [
+    *("deploy", "login", "page", "broken", "release", "server", "fix", "test", "please", "review"),
+    *("build", "error", "update", "staging", "database", "ticket", "merge", "customer", "payment"),
+    *("invoice", "backend", "frontend", "mobile", "crash"),
+]
+CONSONANTS = "bcdfghjklmnprstvwz"
+VOWELS = "aeiouy"
+
+
+def vocabulary() -> list[str]:
+    """The words, most frequent first: real words, then made-up ones of 2 to 4 syllables
+    of a consonant or two and a vowel (which share trigrams as real words do)."""
+    rng = random.Random(7)
+    words = list(COMMON_WORDS)
+    seen = set(words)
+    while len(words) < VOCABULARY_SIZE:
+        word = "".join(
+            rng.choice(CONSONANTS) * rng.choice((1, 1, 1, 2)) + rng.choice(VOWELS)
+            for _ in range(rng.randint(2, 4))
+        )
+        if word not in seen:
+            seen.add(word)
+            words.append(word)
+    return words
+
+
+def configure(database_url: str) -> None:
+    """Django settings for the bench database, before `django.setup()`."""
+    name = urlparse(database_url).path.lstrip("/")
+    if "bench" not in name:
+        sys.exit(f"The database's name must contain 'bench' (it is dropped): {name!r}.")
+    os.environ.update(
+        DATABASE_URL=database_url,
+        SECRET_KEY=os.environ.get("SECRET_KEY", "bench-search-not-a-secret-0123456789abcdef"),
+        DEBUG="0",  # DEBUG keeps every query in memory
+        DJANGO_SETTINGS_MODULE="tasktracker.settings",
+    )
+    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/12")
+    sys.path.insert(0, str(BASE_DIR))
+
+
+def recreate_database(database_url: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    parsed = urlparse(database_url)
+    name = parsed.path.lstrip("/")
+    admin_url = parsed._replace(path="/postgres").geturl()
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def stored_messages(database_url: str) -> int:
+    import psycopg
+
+    try:
+        with psycopg.connect(database_url) as connection:
+            row = connection.execute("SELECT count(*) FROM sources_message").fetchone()
+    except psycopg.Error:
+        return -1
+    return row[0] if row else -1
+
+
+def fill(messages: int, words: list[str]) -> float:
+    """Chats, and `messages` messages written by the server itself; seconds taken."""
+    from django.db import connection
+
+    from sources.models import Chat
+
+    started = time.perf_counter()
+    chats = Chat.objects.bulk_create(
+        Chat(telegram_id=-1_001_000_000_000 - i, title=f"Chat {i}", type=Chat.Type.SUPERGROUP)
+        for i in range(CHATS)
+    )
+    chat_ids = [chat.pk for chat in chats]
+    with connection.cursor() as cursor:
+        # The indexes other than the keys are built after the rows, as pg_restore does: a
+        # build from sorted rows takes a fraction of a million insertions into each.
+        cursor.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'sources_message' "
+            "AND indexname NOT IN (SELECT conname FROM pg_constraint)"
+        )
+        indexes = cursor.fetchall()
+        for name, _ in indexes:
+            cursor.execute(f'DROP INDEX "{name}"')
+        # The word subquery names `g`, so it is run (and its random() drawn) for each row.
+        # power(random(), 2.5) skews the draw to the first words of the vocabulary.
+        cursor.execute(
+            """
+            INSERT INTO sources_message (chat_id, telegram_id, author_id, author_name, text, sent_at,
+                edited_at, reply_to_telegram_id, forwarded_from, raw, created_at, updated_at)
+            SELECT (%(chats)s::bigint[])[1 + g %% %(n_chats)s], g, 1000 + g %% 97, 'Author ' || g %% 97,
+                (SELECT string_agg((%(words)s::text[])[1 + floor(power(random(), 2.5) * %(n_words)s)::int],
+                                   ' ')
+                 FROM generate_series(1, 4 + (g %% 13))),
+                timestamptz '2024-01-01' + g * interval '20 seconds', NULL, NULL, '', '{}', now(), now()
+            FROM generate_series(1, %(messages)s) AS g
+            """,
+            {
+                "chats": chat_ids,
+                "n_chats": CHATS,
+                "words": words,
+                "n_words": len(words),
+                "messages": messages,
+            },
+        )
+        cursor.execute("SET maintenance_work_mem = '256MB'")
+        for _, definition in indexes:
+            cursor.execute(definition)
+        cursor.execute("VACUUM ANALYZE sources_message")
+    return time.perf_counter() - started
+
+
+def make_users() -> tuple[Any, Any]:
+    """A staff user, and a member of a project whose configuration reads half the chats."""
+    from django.contrib.auth import get_user_model
+
+    from projects.models import Project
+    from sources.models import Chat
+    from tests.factories import ProjectConfigFactory, ProjectMembershipFactory, UserFactory
+
+    # Those of an earlier run on a reused database go first.
+    get_user_model().objects.filter(username__startswith="bench-search-").delete()
+    Project.objects.filter(name="Bench search").delete()
+    staff = UserFactory(username="bench-search-staff", is_staff=True)
+    chats = list(Chat.objects.order_by("id")[: CHATS // 2])
+    project = ProjectConfigFactory(
+        chats=chats, project__name="Bench search", project__slug="bench-search"
+    ).project
+    member = ProjectMembershipFactory(project=project, user=UserFactory(username="bench-search-member")).user
+    return staff, member
+
+
+def queries(words: list[str]) -> dict[str, list[str]]:
+    """The searches by kind: common words are ranks 3 to 12 of the vocabulary (each in
+    several percent of the messages), rare ones ranks 3,000 to 5,000 (a few hundred
+    messages in a million)."""
+    rng = random.Random(11)
+    common = words[3:13]
+    rare = words[3000:]
+    return {
+        "one common word": [rng.choice(common) for _ in range(4)],
+        "one rare word": [rng.choice(rare) for _ in range(4)],
+        "two common words": [" ".join(rng.sample(common, 2)) for _ in range(4)],
+        "common + rare word": [f"{rng.choice(common)} {rng.choice(rare)}" for _ in range(4)],
+        "absent word": ["zzyzxq", "qwxv"],
+    }
+
+
+def search_once(view: Any, user: Any, query: str) -> tuple[float, int]:
+    """Milliseconds one API search takes, and the count it answered."""
+    from rest_framework.test import APIRequestFactory, force_authenticate
+
+    request = APIRequestFactory().get("/api/v1/messages/", {"search": query})
+    force_authenticate(request, user=user)
+    started = time.perf_counter()
+    response = view(request)
+    response.render()
+    elapsed = (time.perf_counter() - started) * 1000
+    assert response.status_code == 200, response.content[:500]
+    return elapsed, response.data["count"]
+
+
+def filtered_messages(user: Any, query: str) -> Any:
+    """The queryset the API view pages for a search by `user`: the same selector, access
+    filter and filter backends."""
+    from rest_framework.test import APIRequestFactory, force_authenticate
+
+    from projects.chat_api import MessageViewSet
+
+    request = APIRequestFactory().get("/api/v1/messages/", {"search": query})
+    force_authenticate(request, user=user)
+    view = MessageViewSet(action_map={"get": "list"})
+    view.setup(request)
+    view.action = "list"
+    view.format_kwarg = None
+    view.request = view.initialize_request(request)
+    view.request.user = user
+    return view.filter_queryset(view.get_queryset())
+
+
+def count_ms(user: Any, query: str) -> float:
+    """Milliseconds of the count alone of a search's page (the paginator's `count`)."""
+    rows = filtered_messages(user, query)
+    started = time.perf_counter()
+    rows.count()
+    return (time.perf_counter() - started) * 1000
+
+
+def explain(user: Any, query: str) -> None:
+    """EXPLAIN ANALYZE of the count and of the first page of a search, as the API runs them."""
+    from django.db import connection
+
+    rows = filtered_messages(user, query)
+    for title, sql_params in (
+        ("count", rows.order_by().values("pk").query.sql_with_params()),
+        ("page", rows[:50].query.sql_with_params()),
+    ):
+        statement, params = sql_params
+        if title == "count":
+            statement = f"SELECT count(*) FROM ({statement}) AS counted"
+        with connection.cursor() as cursor:
+            cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS) {statement}", params)
+            plan = "\n    ".join(row[0] for row in cursor.fetchall())
+        print(f"  {title} of {query!r} as {user.username}:\n    {plan}")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=GOAL_MESSAGES)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--reuse", action="store_true", help="Keep a database already holding --messages.")
+    parser.add_argument("--explain", action="store_true")
+    parser.add_argument("--postgres-url", default=DEFAULT_URL)
+    args = parser.parse_args()
+
+    configure(args.postgres_url)
+    words = vocabulary()
+    reused = args.reuse and stored_messages(args.postgres_url) == args.messages
+    if not reused:
+        recreate_database(args.postgres_url)
+
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from projects.chat_api import MessageViewSet
+
+    if reused:
+        print(f"Reusing {args.messages:,} messages in {args.postgres_url}")
+    else:
+        call_command("migrate", verbosity=0)
+        seconds = fill(args.messages, words)
+        print(f"Filled {args.messages:,} messages in {seconds:.1f} s")
+    staff, member = make_users()
+    view = MessageViewSet.as_view({"get": "list"})
+    mix = queries(words)
+
+    # One untimed pass warms the caches and the connection, as a running server has them.
+    for kind_queries in mix.values():
+        for query in kind_queries:
+            search_once(view, staff, query)
+    timings: dict[str, list[float]] = {kind: [] for kind in mix}
+    count_timings: dict[str, list[float]] = {kind: [] for kind in mix}
+    counts: dict[str, list[int]] = {kind: [] for kind in mix}
+    load_before = os.getloadavg()[0]
+    for round_ in range(args.rounds):
+        for kind, kind_queries in mix.items():
+            for query in kind_queries:
+                user = staff if round_ % 2 == 0 else member
+                elapsed, count = search_once(view, user, query)
+                timings[kind].append(elapsed)
+                counts[kind].append(count)
+                count_timings[kind].append(count_ms(user, query))
+    load_after = os.getloadavg()[0]
+
+    print(f"\nSearches of {args.messages:,} messages, {args.rounds} rounds (staff and a member in turn)")
+    print(f"{'kind':<22} {'matches (median)':>17} {'p50 ms':>8} {'p95 ms':>8} {'count alone p50 ms':>19}")
+    for kind, values in timings.items():
+        print(
+            f"{kind:<22} {statistics.median(counts[kind]):>17,.0f} "
+            f"{percentile(values, 0.5):>8.1f} {percentile(values, 0.95):>8.1f} "
+            f"{percentile(count_timings[kind], 0.5):>19.1f}"
+        )
+    every = [value for values in timings.values() for value in values]
+    p50, p95 = percentile(every, 0.5), percentile(every, 0.95)
+    print(f"{'all':<22} {'':>17} {p50:>8.1f} {p95:>8.1f}")
+    print(f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after, {os.cpu_count()} cores")
+    if args.messages >= GOAL_MESSAGES:
+        verdict = "PASS" if p95 < GOAL_P95_MS else "FAIL"
+        print(f"{verdict}: p95 {p95:.1f} ms (goal under {GOAL_P95_MS:.0f} ms at {GOAL_MESSAGES:,} messages)")
+    else:
+        print(f"(the goal, p95 under {GOAL_P95_MS:.0f} ms, is judged at {GOAL_MESSAGES:,} messages)")
+
+    if args.explain:
+        print()
+        explain(staff, mix["one common word"][0])
+        explain(member, mix["one rare word"][0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
