@@ -1,4 +1,4 @@
-# Tasktracker: one image for the web server (Daphne), the Celery worker, beat and migrations.
+# Tasktracker: one image for the web server (uvicorn), the Celery worker, beat and migrations.
 # docker-compose.yml runs each of them from it; the default command is the web server.
 FROM python:3.11-slim
 
@@ -34,4 +34,10 @@ USER app
 
 EXPOSE 8000
 
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "tasktracker.asgi:application"]
+# uvicorn in WEB_CONCURRENCY processes (uvicorn reads it for --workers; about one per core
+# the web server may use): one Python process serves one request at a time. The same flags
+# as `make run` (tasktracker/embedded.py, web_server_command): Channels rejects the lifespan
+# scope, and X-Forwarded-Proto is Django's to trust (TRUST_X_FORWARDED_PROTO), not uvicorn's.
+ENV WEB_CONCURRENCY=2
+CMD ["uvicorn", "tasktracker.asgi:application", "--host", "0.0.0.0", "--port", "8000", \
+     "--lifespan", "off", "--no-proxy-headers"]

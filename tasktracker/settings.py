@@ -31,7 +31,7 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[:
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 # Daphne's app only makes `manage.py runserver` serve ASGI (WebSockets); the servers
-# (`make run`, docker compose) start the `daphne` command itself. Importing it installs
+# (`make run`, docker compose) run uvicorn (tasktracker/embedded.py). Importing it installs
 # Twisted's reactor, a fifth of a second every other command and worker would pay.
 RUNSERVER = sys.argv[1:2] == ["runserver"]
 
@@ -248,6 +248,11 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON through orjson (tasktracker/renderers.py); the browsable API as DRF's default has it.
+    "DEFAULT_RENDERER_CLASSES": [
+        "tasktracker.renderers.OrjsonRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
     "DEFAULT_PAGINATION_CLASS": "tasktracker.api.DescribedPageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": [
@@ -257,8 +262,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "tasktracker.api.exception_handler",
-    # DRF's anon and user throttles, except that a cache that cannot be reached lets the
-    # request through (logged) instead of failing it with a 500.
+    # DRF's anon and user throttles in one Redis round trip each, and failing open: a cache
+    # that cannot be reached lets the request through (logged) instead of a 500.
     "DEFAULT_THROTTLE_CLASSES": [
         "tasktracker.throttling.FailOpenAnonRateThrottle",
         "tasktracker.throttling.FailOpenUserRateThrottle",
