@@ -106,7 +106,8 @@ DEFAULT_RESPONSE_SCHEMA: dict[str, Any] = {
 # steps). The pipeline fills the rest: the run's only project, medium priority, no tags.
 # Measured on the demo and AMI dev (README, "Quality"): without these bounds a 135M model
 # repeats one item until the output limit; with them every answer was schema-valid. No worked
-# example in the instructions: such models copy it into every answer.
+# example in the instructions: such models copy it into every answer. No line format either:
+# `agents.prompts.DATA_RULES`, sent with every config, gives it.
 SMALL_TASK_CONFIG_NAME = "Extract tasks (small models)"
 
 SMALL_TASK_CONFIG_DESCRIPTION = (
@@ -115,11 +116,11 @@ SMALL_TASK_CONFIG_DESCRIPTION = (
 )
 
 SMALL_INSTRUCTIONS = """\
-Read a team chat. Each line is `#number author: text`.
-Find the messages where someone asks for work or promises to do work. For each one write:
+Find the messages of a team chat where someone asks for work or promises to do work. For each \
+one write:
 - source_message_ids: that message's number
-- title: a new short task title of 3 to 8 words that starts with a verb (Fix, Add, Check, \
-Update, Write, Review, Decide), in your own words
+- title: a new task title of 3 to 8 words starting with a verb (Fix, Add, Check, Update, \
+Write, Review, Decide), in your own words
 - assignee: the first name of the person who will do it, or null
 - confidence: 0.95 for a clear request or promise, 0.8 for a likely one, 0.5 for a guess
 Skip greetings, thanks, jokes and status updates. Never give the same message twice.\

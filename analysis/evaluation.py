@@ -32,10 +32,19 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Min
 
-from agents.models import AgentTaskAssignment
+from agents.models import Agent, AgentTaskAssignment
+from agents.prompts import (
+    REPLY_PRIMING_TOKENS,
+    TOKENS_PER_MESSAGE,
+    batch_response_format,
+    count_tokens,
+    request_tokens,
+)
+from agents.services import update_agent
 from analysis import services
+from analysis.management.commands.load_demo import DEMO_AGENT_SETTINGS
 from analysis.models import AnalysisRun, Batch
-from analysis.pipeline import PipelineMessage, count_tokens, prefilter_messages
+from analysis.pipeline import PipelineMessage, prefilter_messages
 from projects.services import create_project
 from proposals.models import TaskProposal, confidence_band
 from sources.models import Chat, Message
@@ -64,6 +73,16 @@ TARGETS = {
     "prompt_to_content_ratio_at_most": 2.0,
     "yes_recall_at_least": 0.95,
 }
+# The batch token budgets the product ships: a new agent's default and the demo agent's (the
+# embedded model's). The prompt overhead is shown at each (`prompt_overhead_at_budgets`).
+SHIPPED_BUDGETS = tuple(
+    sorted(
+        {
+            int(Agent._meta.get_field("batch_token_budget").get_default()),
+            int(DEMO_AGENT_SETTINGS["batch_token_budget"]),
+        }
+    )
+)
 BANDS = (TaskProposal.Band.HIGH, TaskProposal.Band.MEDIUM, TaskProposal.Band.LOW)
 BAND_RANGES: dict[str, str] = {
     TaskProposal.Band.HIGH: "> 0.9",
@@ -367,9 +386,7 @@ def baseline_proposals(kept: Iterable[Utterance]) -> list[Proposal]:
 class MeetingOutcome:
     """What the pipeline did with one meeting. `figures` counts: messages, kept, batches,
     batches_failed, LLM calls and tokens (`llm_*`, as the gateway reported them), and the
-    prompts rebuilt and counted with cl100k_base: `prompt_tokens` (system and user prompts),
-    `schema_tokens` (the JSON schema sent as response_format), `prompt_lines` (message lines;
-    a reply's parent repeated at a batch's head counts again), `content_tokens` (their text)."""
+    requests rebuilt and counted with cl100k_base (`request_figures`)."""
 
     meeting_id: str
     kept_ids: set[str]
@@ -399,6 +416,50 @@ def run_meeting(*, meeting: Meeting, assignment: AgentTaskAssignment) -> Meeting
 
 
 def _run_meeting(*, meeting: Meeting, assignment: AgentTaskAssignment) -> MeetingOutcome:
+    started = time.monotonic()
+    run, by_pk = _start_meeting_run(meeting=meeting, assignment=assignment)
+    for batch_id in services.plan_run(run_id=run.pk):
+        services.process_batch(batch_id=batch_id, claim_id=f"evaluate-{batch_id}")
+    wall = time.monotonic() - started
+    run = AnalysisRun.objects.select_related("assignment__agent", "assignment__task_config").get(pk=run.pk)
+    batches = list(Batch.objects.filter(run=run).order_by("index"))
+    proposals = TaskProposal.objects.filter(run=run).prefetch_related("source_messages").order_by("pk")
+    # typeshed's Counter counts ints; it adds the float seconds here alike.
+    figures = Counter(  # type: ignore[call-overload]
+        messages=run.messages_fetched,
+        kept=run.messages_kept,
+        batches=len(batches),
+        batches_failed=sum(1 for b in batches if b.status == Batch.Status.FAILED),
+        llm_calls=run.llm_calls,
+        llm_prompt_tokens=run.prompt_tokens,
+        llm_completion_tokens=run.completion_tokens,
+        llm_seconds=run.llm_seconds,
+        wall_seconds=wall,
+        **request_figures(run, batches),
+    )
+    return MeetingOutcome(
+        meeting_id=meeting.id,
+        kept_ids={by_pk[pk] for b in batches for pk in b.message_ids if pk in by_pk},
+        proposals=[
+            Proposal(
+                title=p.title,
+                confidence=p.confidence,
+                source_ids=frozenset(by_pk[m.pk] for m in p.source_messages.all() if m.pk in by_pk),
+            )
+            for p in proposals
+        ],
+        dropped=Counter(run.prefilter_stats),
+        failed_kinds=Counter(b.error_kind or "unknown" for b in batches if b.status == Batch.Status.FAILED),
+        figures=figures,
+        cost=run.cost,
+    )
+
+
+def _start_meeting_run(
+    *, meeting: Meeting, assignment: AgentTaskAssignment
+) -> tuple[AnalysisRun, dict[int, str]]:
+    """The meeting loaded as a chat read by a project of its own, and a run over it begun;
+    with the map from the messages' primary keys to the utterances' ids."""
     user, _ = get_user_model().objects.get_or_create(username=SCRATCH_USERNAME)
     lowest = Chat.objects.aggregate(lowest=Min("telegram_id"))["lowest"] or 0
     chat = get_or_create_chat(telegram_id=min(lowest, 0) - 1, title=f"AMI {meeting.id}", type=Chat.Type.GROUP)
@@ -422,7 +483,6 @@ def _run_meeting(*, meeting: Meeting, assignment: AgentTaskAssignment) -> Meetin
         user=user,
         changes={"description": meeting_description(meeting), "chats": [chat.pk]},
     )
-    started = time.monotonic()
     run = services.start_run(
         window_start=MEETING_START,
         window_end=sent[-1]["sent_at"] + timedelta(seconds=1),
@@ -431,55 +491,81 @@ def _run_meeting(*, meeting: Meeting, assignment: AgentTaskAssignment) -> Meetin
         chats=[chat],
     )
     services.begin_run(run_id=run.pk)
-    for batch_id in services.plan_run(run_id=run.pk):
-        services.process_batch(batch_id=batch_id, claim_id=f"evaluate-{batch_id}")
-    wall = time.monotonic() - started
-    run = AnalysisRun.objects.select_related("assignment__agent", "assignment__task_config").get(pk=run.pk)
-    batches = list(Batch.objects.filter(run=run).order_by("index"))
-    proposals = TaskProposal.objects.filter(run=run).prefetch_related("source_messages").order_by("pk")
-    # typeshed's Counter counts ints; it adds the float seconds here alike.
-    figures = Counter(  # type: ignore[call-overload]
-        messages=run.messages_fetched,
-        kept=run.messages_kept,
-        batches=len(batches),
-        batches_failed=sum(1 for b in batches if b.status == Batch.Status.FAILED),
-        llm_calls=run.llm_calls,
-        llm_prompt_tokens=run.prompt_tokens,
-        llm_completion_tokens=run.completion_tokens,
-        llm_seconds=run.llm_seconds,
-        wall_seconds=wall,
-        **_prompt_tokens(run, batches),
-    )
-    return MeetingOutcome(
-        meeting_id=meeting.id,
-        kept_ids={by_pk[pk] for b in batches for pk in b.message_ids if pk in by_pk},
-        proposals=[
-            Proposal(
-                title=p.title,
-                confidence=p.confidence,
-                source_ids=frozenset(by_pk[m.pk] for m in p.source_messages.all() if m.pk in by_pk),
-            )
-            for p in proposals
-        ],
-        dropped=Counter(run.prefilter_stats),
-        failed_kinds=Counter(b.error_kind or "unknown" for b in batches if b.status == Batch.Status.FAILED),
-        figures=figures,
-        cost=run.cost,
-    )
+    return run, by_pk
 
 
-def _prompt_tokens(run: AnalysisRun, batches: Sequence[Batch]) -> dict[str, int]:
-    """The prompts of the run's batches rebuilt as `process_batch` builds them, counted."""
-    schema = count_tokens(json.dumps(run.assignment.task_config.response_schema))
+# What a request's tokens are counted as (`request_figures`).
+REQUEST_PARTS = ("system_tokens", "user_tokens", "response_format_tokens", "chat_format_tokens")
+
+
+def request_figures(run: AnalysisRun, batches: Sequence[Batch]) -> dict[str, int]:
+    """The requests of the run's batches rebuilt as `process_batch` builds them, counted
+    whole (`agents.prompts.request_tokens`): `prompt_tokens` is what each request costs (the
+    system prompt, the user prompt with its context, the `response_format` object with the
+    batch's schema, the chat format), split into `REQUEST_PARTS`; `prompt_lines` counts
+    message lines (a reply's parent repeated at a batch's head counts again) and
+    `content_tokens` their text alone, what the overhead is measured against; `requests`
+    counts the batches."""
+    task_config = run.assignment.task_config
     messages = Message.objects.in_bulk([pk for b in batches for pk in b.message_ids])
-    totals = Counter(prompt_tokens=0, schema_tokens=0, prompt_lines=0, content_tokens=0)
+    totals = Counter(
+        dict.fromkeys(("requests", "prompt_tokens", *REQUEST_PARTS, "prompt_lines", "content_tokens"), 0)
+    )
     for batch in batches:
         prompt = services.batch_prompt(run=run, messages=[messages[pk] for pk in batch.message_ids])
-        totals["prompt_tokens"] += count_tokens(prompt.system) + count_tokens(prompt.user)
-        totals["schema_tokens"] += schema
-        totals["prompt_lines"] += len(prompt.lines)
-        totals["content_tokens"] += sum(count_tokens(" ".join(m.text.split())) for m in prompt.lines)
+        response_format = batch_response_format(task_config, len(prompt.lines))
+        whole = request_tokens(prompt.system, prompt.user, response_format)
+        system, user = count_tokens(prompt.system), count_tokens(prompt.user)
+        chat_format = 2 * TOKENS_PER_MESSAGE + REPLY_PRIMING_TOKENS
+        totals.update(
+            requests=1,
+            prompt_tokens=whole,
+            system_tokens=system,
+            user_tokens=user,
+            chat_format_tokens=chat_format,
+            response_format_tokens=whole - system - user - chat_format,
+            prompt_lines=len(prompt.lines),
+            content_tokens=sum(count_tokens(" ".join(m.text.split())) for m in prompt.lines),
+        )
     return dict(totals)
+
+
+def prompt_overhead_at_budgets(
+    *,
+    part: str,
+    assignment: AgentTaskAssignment,
+    budgets: Sequence[int],
+    path: Path = AMI_PATH,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """What the requests would cost at each of `budgets`, the agent's task config unchanged:
+    each meeting planned into batches at that budget (no LLM call) and its requests counted
+    (`request_figures`). Every run and the agent's budget are rolled back."""
+    data = load_ami(part=part, path=path, limit=limit)
+    rows = []
+    for budget in budgets:
+        totals: Counter[str] = Counter()
+        for meeting in data.meetings:
+            with transaction.atomic():
+                update_agent(agent=assignment.agent, batch_token_budget=budget)
+                run, _ = _start_meeting_run(meeting=meeting, assignment=assignment)
+                services.plan_run(run_id=run.pk)
+                run = AnalysisRun.objects.select_related("assignment__task_config").get(pk=run.pk)
+                totals.update(request_figures(run, list(Batch.objects.filter(run=run).order_by("index"))))
+                transaction.set_rollback(True)
+        rows.append({"batch_token_budget": budget, **_request_report(totals)})
+    assignment.agent.refresh_from_db(fields=["batch_token_budget"])
+    return rows
+
+
+def _request_report(f: Counter[str]) -> dict[str, Any]:
+    return {
+        "requests": f["requests"],
+        **{k: f[k] for k in ("prompt_lines", "prompt_tokens", *REQUEST_PARTS, "content_tokens")},
+        "prompt_per_kept_message": _ratio(f["prompt_tokens"], f["prompt_lines"], 2),
+        "content_per_kept_message": _ratio(f["content_tokens"], f["prompt_lines"], 2),
+        "ratio": _ratio(f["prompt_tokens"], f["content_tokens"], 3),
+    }
 
 
 # Reports
@@ -569,13 +655,8 @@ def evaluate_ami(
             "gold_source_kept_share": kept_share,
         },
         "prompt_tokens": {
-            "counted_with": "tiktoken cl100k_base",
-            "requests": f["batches"],
-            **{k: f[k] for k in ("prompt_lines", "prompt_tokens", "schema_tokens", "content_tokens")},
-            "prompt_per_kept_message": _ratio(f["prompt_tokens"], f["prompt_lines"], 2),
-            "content_per_kept_message": _ratio(f["content_tokens"], f["prompt_lines"], 2),
-            "ratio": ratio,
-            "ratio_with_schema": _ratio(f["prompt_tokens"] + f["schema_tokens"], f["content_tokens"], 3),
+            "counted_with": "tiktoken cl100k_base, the whole request (agents.prompts.request_tokens)",
+            **_request_report(f),
         },
         "llm": {
             "calls": f["llm_calls"],

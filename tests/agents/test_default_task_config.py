@@ -9,14 +9,20 @@ import pytest
 from django.apps import apps
 from django.db import connection
 
-from agents.defaults import DEFAULT_INSTRUCTIONS, DEFAULT_RESPONSE_SCHEMA, DEFAULT_TASK_CONFIG_NAME
+from agents.defaults import (
+    DEFAULT_INSTRUCTIONS,
+    DEFAULT_RESPONSE_SCHEMA,
+    DEFAULT_TASK_CONFIG_NAME,
+    SMALL_INSTRUCTIONS,
+)
 from agents.models import TaskConfig
 from agents.prompts import PromptMessage, numbered, render_messages
-from agents.services import ensure_default_task_config
+from agents.services import ensure_default_task_config, ensure_small_task_config
 from analysis.pipeline import count_tokens
 
 pytestmark = pytest.mark.django_db
 migration = importlib.import_module("agents.migrations.0004_shorter_default_task_config")
+small_migration = importlib.import_module("agents.migrations.0006_shorter_small_task_config")
 
 
 def test_the_instructions_still_say_what_matters() -> None:
@@ -50,6 +56,21 @@ def test_an_unedited_first_default_is_updated_and_an_edited_one_is_kept() -> Non
     config.refresh_from_db()
     assert config.instructions == edited
     assert config.name == DEFAULT_TASK_CONFIG_NAME
+
+
+def test_an_unedited_first_small_config_is_shortened_and_an_edited_one_is_kept() -> None:
+    config, _ = ensure_small_task_config()
+    TaskConfig.objects.filter(pk=config.pk).update(instructions=small_migration.FIRST_SMALL_INSTRUCTIONS)
+    small_migration.shorten_small_task_config(apps, SimpleNamespace(connection=connection))
+    config.refresh_from_db()
+    assert config.instructions == SMALL_INSTRUCTIONS
+    assert "Each line is" not in config.instructions  # DATA_RULES gives the line format
+
+    edited = small_migration.FIRST_SMALL_INSTRUCTIONS + "\nAnswer in French."
+    TaskConfig.objects.filter(pk=config.pk).update(instructions=edited)
+    small_migration.shorten_small_task_config(apps, SimpleNamespace(connection=connection))
+    config.refresh_from_db()
+    assert config.instructions == edited
 
 
 def test_a_batch_is_numbered_from_one_with_replies_and_short_author_names() -> None:

@@ -12,6 +12,7 @@ from django.core.management import call_command
 from agents.models import AgentTaskAssignment
 from agents.services import ensure_default_task_config
 from analysis.evaluation import (
+    SHIPPED_BUDGETS,
     GoldItem,
     Proposal,
     Score,
@@ -234,6 +235,17 @@ def test_the_command_runs_the_pipeline_and_scores_agent_and_baseline(
     assert tokens["requests"] == 2
     assert tokens["prompt_lines"] == 6
     assert tokens["prompt_tokens"] > tokens["content_tokens"] > 0
+    # The whole request is counted: both prompts, the response_format object, the chat format.
+    parts = ("system_tokens", "user_tokens", "response_format_tokens", "chat_format_tokens")
+    assert tokens["prompt_tokens"] == sum(tokens[part] for part in parts)
+    assert tokens["response_format_tokens"] > 100
+    assert tokens["ratio"] == round(tokens["prompt_tokens"] / tokens["content_tokens"], 3)
+    assert report["targets"]["prompt_to_content_ratio"]["at_most"] == 2.0
+    # And at each budget the product ships, planned without the LLM; the agent's is the run's.
+    by_budget = {row["batch_token_budget"]: row for row in report["prompt_tokens_at_budgets"]}
+    assert tuple(by_budget) == SHIPPED_BUDGETS == (800, 3000)
+    assert by_budget[3000]["prompt_tokens"] == tokens["prompt_tokens"]
+    assert AgentTaskAssignment.objects.get(agent__name=fake_agent).agent.batch_token_budget == 3000
     assert report["llm"]["calls"] == len(fake_openai.completion_requests()) == 2
     assert report["llm"]["prompt_tokens"] == 240
     assert not any("TS9001a" in r["messages"][-1]["content"] for r in fake_openai.completion_requests())

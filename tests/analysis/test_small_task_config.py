@@ -71,7 +71,9 @@ def test_the_schema_sent_limits_sources_to_the_batchs_numbers(fake_openai: FakeO
     (request,) = fake_openai.completion_requests()
     schema = request["response_format"]["json_schema"]["schema"]
     sources = schema["properties"]["proposals"]["items"]["properties"]["source_message_ids"]
-    assert sources["items"]["enum"] == list(range(1, run.messages_kept + 1))
+    # A range, not an enum of every number: it is shorter once a batch has four messages.
+    assert run.messages_kept > 3
+    assert sources["items"] == {"type": "integer", "minimum": 1, "maximum": run.messages_kept}
     assert sources["maxItems"] == 1  # the task config's own bounds stay
 
 

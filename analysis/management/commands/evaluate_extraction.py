@@ -3,10 +3,13 @@
     manage.py evaluate_extraction --dataset ami --part dev --agent "Offline SmolLM2" --limit 4
     manage.py evaluate_extraction --dataset email-intent --part dev
 
-Prints the figures and writes them as JSON (`--output`). The held-out part is read only
-with `--part heldout`: report it, never tune on it.
+Prints the figures, with the prompt overhead (the whole request's tokens over the messages'
+own) at each batch token budget the product ships or `--budgets` names, and writes them as
+JSON (`--output`). The held-out part is read only with `--part heldout`: report it, never
+tune on it.
 """
 
+import argparse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +25,13 @@ from analysis.evaluation import (
     EMAIL_INTENT_DIR,
     HELDOUT,
     PARTS,
+    SHIPPED_BUDGETS,
     EvaluationError,
     MeetingOutcome,
     as_json,
     evaluate_ami,
     evaluate_email_intent,
+    prompt_overhead_at_budgets,
 )
 from tasktracker.exceptions import DomainError
 
@@ -42,6 +47,13 @@ class Command(BaseCommand):
         parser.add_argument("--part", choices=PARTS, required=True, help="dev to tune on, heldout to report.")
         parser.add_argument("--agent", help='The agent\'s name (AMI only), e.g. "Offline SmolLM2".')
         parser.add_argument("--limit", type=int, default=None, help="The first N meetings only (AMI).")
+        parser.add_argument(
+            "--budgets",
+            type=_budgets,
+            default=SHIPPED_BUDGETS,
+            help="Batch token budgets, comma-separated, at which the prompt overhead is also shown (AMI; "
+            f"no LLM call); default the shipped ones, {','.join(map(str, SHIPPED_BUDGETS))}.",
+        )
         parser.add_argument(
             "--path",
             type=Path,
@@ -71,6 +83,13 @@ class Command(BaseCommand):
                     path=options["path"] or AMI_PATH,
                     limit=options["limit"],
                     progress=self.progress,
+                )
+                report["prompt_tokens_at_budgets"] = prompt_overhead_at_budgets(
+                    part=part,
+                    assignment=assignment,
+                    budgets=options["budgets"],
+                    path=options["path"] or AMI_PATH,
+                    limit=options["limit"],
                 )
                 lines = format_ami_report(report)
         except (EvaluationError, DomainError) as exc:
@@ -115,6 +134,16 @@ class Command(BaseCommand):
             f"{figures['batches']} batches ({figures['batches_failed']} failed), "
             f"{len(outcome.proposals)} proposals, {figures['wall_seconds']:.1f} s"
         )
+
+
+def _budgets(text: str) -> tuple[int, ...]:
+    try:
+        budgets = tuple(sorted({int(b) for b in text.split(",") if b.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of token counts.") from None
+    if not budgets or min(budgets) < 1:
+        raise argparse.ArgumentTypeError("Give one budget or more, each a positive number of tokens.")
+    return budgets
 
 
 def _figure(value: float | None, digits: int = 3) -> str:
@@ -167,16 +196,38 @@ def format_ami_report(report: dict[str, Any]) -> Iterator[str]:
     )
     yield (
         f"Prompt tokens per kept message: {_figure(tokens['prompt_per_kept_message'], 1)} for "
-        f"{_figure(tokens['content_per_kept_message'], 1)} of content, {_figure(tokens['ratio'], 2)}x "
-        f"({_figure(tokens['ratio_with_schema'], 2)}x with the JSON schema) over {tokens['requests']} "
-        f"requests ({tokens['counted_with']})"
+        f"{_figure(tokens['content_per_kept_message'], 1)} of content, {_figure(tokens['ratio'], 2)}x over "
+        f"{tokens['requests']} requests ({tokens['counted_with']})"
     )
+    yield from format_request_tokens(report.get("prompt_tokens_at_budgets", []))
     yield (
         f"LLM: {llm['calls']} calls, {llm['prompt_tokens']} prompt + {llm['completion_tokens']} completion "
         f"tokens, cost {llm['cost']}, {llm['llm_seconds']} s in calls, {llm['wall_seconds']} s wall; "
         f"{llm['batches']} batches, failed: {_reasons(llm['batches_failed'])}"
     )
     yield from _targets(report)
+
+
+def format_request_tokens(rows: list[dict[str, Any]]) -> Iterator[str]:
+    """The prompt overhead at each budget: where a request's tokens go, per request."""
+    if not rows:
+        return
+    yield (
+        "Prompt overhead by budget (per request: system, user, response_format, chat format; "
+        "the messages' content; whole request over content):"
+    )
+    yield (
+        f"{'budget':>8}{'requests':>9}{'system':>8}{'user':>7}{'format':>8}{'chat':>6}"
+        f"{'content':>9}{'ratio':>7}"
+    )
+    for row in rows:
+        n = row["requests"] or 1
+        yield (
+            f"{row['batch_token_budget']:>8}{row['requests']:>9}{row['system_tokens'] / n:>8.0f}"
+            f"{row['user_tokens'] / n:>7.0f}{row['response_format_tokens'] / n:>8.0f}"
+            f"{row['chat_format_tokens'] / n:>6.0f}{row['content_tokens'] / n:>9.0f}"
+            f"{_figure(row['ratio'], 2):>7}"
+        )
 
 
 def format_email_intent_report(report: dict[str, Any]) -> Iterator[str]:
