@@ -1,7 +1,7 @@
 """A Redis outage in the middle of an analysis run, on the embedded default, on a fake LLM.
 
     .venv/bin/python bench/redis_outage.py [--batches 24] [--outage-at 7] [--outage 15]
-        [--latency 1.0] [--concurrency 2] [--api-rate 5] [--timeout 120] [--in-retry]
+        [--latency 1.0] [--concurrency 2] [--api-rate 5] [--timeout 120] [--in-retry] [--smoke]
 
 The scenario "Redis restarts mid-run": the setup of `bench/worker_kill.py` (a
 run of `--batches` batches, one message each, on the OpenAI-compatible fake of
@@ -23,7 +23,9 @@ with error_kind limiter_unavailable, and the worker's log lines saying so), the 
 requests during the outage and how many answered 5xx (with the first traceback), the
 seconds from the restart to the run's end, and the duplicates (proposals citing a message
 another one cites). The goal by design: no batch failed for good and no 5xx. It reports, it
-does not gate: the exit status is 0 unless the run did not finish.
+does not gate: the exit status is 0 unless the run did not finish. The load average is
+printed beside the figures. `--smoke` runs at tiny sizes (two batches, the fault after the
+last one), to check that the bench works.
 """
 
 from __future__ import annotations
@@ -152,6 +154,10 @@ class RequeueWatch(threading.Thread):
             connection.close()
 
 
+def _load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=24)
@@ -166,8 +172,14 @@ def main() -> int:
     parser.add_argument(
         "--in-retry", action="store_true", help="kill Redis while calls under way will answer 503"
     )
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the bench runs (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        # Redis killed once every batch is done: the machinery (worker, beat, kill, restart,
+        # the API probe) runs end to end in seconds.
+        args.batches, args.outage_at, args.outage, args.latency, args.timeout = 2, 2, 1.0, 0.05, 60
 
+    load_at_start = _load()
     workdir = Path(tempfile.mkdtemp(prefix="bench-redis-outage-"))
     redis_process, port = start_environment(workdir)
     from django.conf import settings
@@ -308,6 +320,7 @@ def main() -> int:
     )
     ok = finished and not failed and probe.server_errors == 0 and duplicates == 0
     print(f"goal (no batch failed for good, no API 5xx, no duplicate): {'PASS' if ok else 'FAIL'}")
+    print(f"load average {_load()} at the end ({load_at_start} at the start, {os.cpu_count()} CPUs)")
     print(f"logs: {workdir}")
     return 0 if finished else 1
 

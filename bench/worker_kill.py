@@ -1,7 +1,7 @@
 """Recovery of a run after its whole Celery worker is SIGKILLed mid-run, on a fake LLM.
 
     .venv/bin/python bench/worker_kill.py [--batches 24] [--kill-at 7] [--latency 1.0]
-        [--concurrency 2] [--lease SECONDS] [--timeout 900]
+        [--concurrency 2] [--lease SECONDS] [--timeout 900] [--smoke]
 
 The scenario "a killed worker stalls a run": a run of `--batches` batches (one
 request for work per message, one message per batch) on the OpenAI-compatible fake of
@@ -21,7 +21,9 @@ from the restart and from the kill to the run's end, the batches done twice, the
 proposals and how many of them repeat another's source message (duplicates), the LLM calls
 (more than the batches when a batch was answered twice), and the recovery goal (the
 run completes within 3 minutes of the restart with no duplicate proposal) as PASS or FAIL.
-It reports, it does not gate: the exit status is 0 unless the run did not finish.
+It reports, it does not gate: the exit status is 0 unless the run did not finish. The load
+average is printed beside the figures. `--smoke` runs at tiny sizes (two batches, the fault
+after the last one), to check that the bench works.
 """
 
 from __future__ import annotations
@@ -158,6 +160,10 @@ def batch_counts(run_id: int) -> dict[str, int]:
     return {row["status"]: row["n"] for row in rows}
 
 
+def _load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=24)
@@ -168,10 +174,16 @@ def main() -> int:
     parser.add_argument(
         "--timeout", type=float, default=900, help="seconds to wait for the run after the kill"
     )
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the bench runs (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        # Killed once every batch is done: the bench's machinery (worker, beat, kill, restart)
+        # runs end to end without waiting out a lease and beat's 30 s period.
+        args.batches, args.kill_at, args.latency, args.timeout = 2, 2, 0.05, 60
     if args.lease is not None:
         os.environ["BATCH_LEASE_SECONDS"] = str(args.lease)
 
+    load_at_start = _load()
     workdir = Path(tempfile.mkdtemp(prefix="bench-worker-kill-"))
     redis_process = start_environment(workdir)
     from django.conf import settings
@@ -276,6 +288,7 @@ def main() -> int:
     print(
         f"goal (completed within {GOAL_SECONDS} s of the restart, no duplicate): {'PASS' if ok else 'FAIL'}"
     )
+    print(f"load average {_load()} at the end ({load_at_start} at the start, {os.cpu_count()} CPUs)")
     print(f"logs: {workdir}")
     return 0 if finished else 1
 

@@ -3,7 +3,9 @@
 Scripted: each queued reply answers one chat completion request, in order; with none
 queued, `default` builds the answer. Replies: `FakeReply.ok(data)`, `.malformed()`,
 `.status(429, retry_after=1)`, `.hang(seconds)`, `.truncated()`, `.refusal()`.
-Every request body is recorded, so tests can see what the client sent.
+Every request body is recorded, so tests can see what the client sent; every chat completion
+also as a `FakeCall` with the seconds the server spent answering it (its latency and any hang,
+from the body read to the answer written), which benches subtract to get the client's own time.
 """
 
 import contextlib
@@ -61,11 +63,22 @@ class FakeReply:
         return cls(hang_seconds=seconds, body={"proposals": []})
 
 
+@dataclass
+class FakeCall:
+    """One chat completion as the server saw it: the body, when it arrived (epoch seconds)
+    and how long the server took to answer it."""
+
+    request: dict[str, Any]
+    received_at: float
+    seconds: float
+
+
 class FakeOpenAI:
     def __init__(self, models: tuple[str, ...] = ("fake-model", "fake-model-large")) -> None:
         self.models = models
         self.replies: list[FakeReply] = []
         self.requests: list[dict[str, Any]] = []
+        self.calls: list[FakeCall] = []
         self.default: Callable[[dict[str, Any]], FakeReply] = lambda request: FakeReply.ok({"proposals": []})
         self.latency = 0.0
         self.prompt_tokens = 120
@@ -182,6 +195,15 @@ class FakeOpenAI:
                     message = f"The model `{request.get('model')}` does not exist"
                     self._send(404, {"error": {"message": message, "code": "model_not_found"}})
                     return
+                received_at, started = time.time(), time.perf_counter()
+                try:
+                    self._answer(request)
+                finally:
+                    call = FakeCall(request, received_at, time.perf_counter() - started)
+                    with fake._lock:
+                        fake.calls.append(call)
+
+            def _answer(self, request: dict[str, Any]) -> None:
                 reply = fake._next_reply(request)
                 if fake.latency:
                     time.sleep(fake.latency)
