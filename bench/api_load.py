@@ -3,7 +3,7 @@
     .venv/bin/python bench/api_load.py [--users 50] [--spawn-rate 10] [--duration 30s]
         [--database-url postgres://.../tasktracker_bench_api] [--server uvicorn|daphne]
         [--workers N] [--saturate-users 10] [--saturate-duration 20s] [--baseline-rps 25]
-        [--messages 5000] [--proposals 600] [--runs 30] [--tasks 300]
+        [--messages 5000] [--proposals 600] [--runs 30] [--tasks 300] [--smoke]
 
 The database: a scratch SQLite in a temporary directory by default; with `--database-url`, a
 PostgreSQL database whose name contains "bench" (it is dropped and made anew: never point it
@@ -30,7 +30,8 @@ average before and after each phase; and the target, each part PASS or FAIL: at 
 p95 under 250 ms and no failures, and a capacity of at least 4x `--baseline-rps` (the
 one-process Daphne's, measured the same way; see bench/api_load.md). Stops the server and
 Redis and removes the directory. It reports, it does not gate: the exit status is 0 unless
-something crashed.
+something crashed. `--smoke` runs at tiny sizes (2 users for 5 s, the capacity phase 2 users
+for 3 s, 200 messages, 20 proposals, 2 runs, 10 tasks, on SQLite), to check that the bench works.
 
 DEBUG is off, as in production: with it on (`make run`'s default) Django keeps every query
 in memory.
@@ -467,7 +468,12 @@ def main() -> int:
     parser.add_argument("--proposals", type=int, default=600)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--tasks", type=int, default=300)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the bench runs (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.users, args.duration, args.saturate_users, args.saturate_duration = 2, "5s", 2, "3s"
+        args.messages, args.proposals, args.runs, args.tasks = 200, 20, 2, 10
+        args.database_url = None  # SQLite: no PostgreSQL needed
 
     workdir = Path(tempfile.mkdtemp(prefix="tasktracker-api-load-"))
     children: list[subprocess.Popen] = []

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/duplicates.py [--messages 100000] [--batch-messages 50]
         [--backends sqlite,postgres]
-        [--postgres-url postgres://postgres@127.0.0.1:5432/tasktracker_bench_dup] [--seed 7]
+        [--postgres-url postgres://postgres@127.0.0.1:5432/tasktracker_bench_dup] [--seed 7] [--smoke]
 
 A run-like sequence of batches over `--messages` messages of one project's chat: each batch of
 `--batch-messages` messages gives about one proposal per ten messages, saved as
@@ -18,6 +18,7 @@ Prints, per backend, ms per batch (median and mean) over the first and the last 
 batches and their ratio, with the load average beside them (the machine is shared: compare
 figures taken together), and PASS when the last tenth's median is at most 1.2x the first's on
 every backend. It reports, it does not gate: the exit status is 0 unless a run crashed.
+`--smoke` runs at tiny sizes (2,000 messages, SQLite only), to check that the bench works.
 
 Each backend runs in a child process of its own (Django is set up once per process). The
 PostgreSQL database named in `--postgres-url` is dropped and recreated, and dropped at the
@@ -239,12 +240,15 @@ def main() -> int:
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--postgres-url", default="postgres://postgres@127.0.0.1:5432/tasktracker_bench_dup")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the bench runs (CI)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_child(args)))
         return 0
+    if args.smoke:
+        args.messages, args.backends = 2000, "sqlite"
     print(f"{args.messages:,} messages, {args.batch_messages} per batch; load average {os.getloadavg()}")
     verdicts = []
     with tempfile.TemporaryDirectory(prefix="bench-duplicates-") as tmp:

@@ -1,7 +1,7 @@
 """Planning a run over a large window: peak memory, seconds, batches, time to the first batch.
 
     .venv/bin/python bench/plan_run.py [--messages 1000000] [--chunk N] [--reuse]
-        [--database-url postgres://postgres@127.0.0.1:5432/tasktracker_bench_plan]
+        [--database-url postgres://postgres@127.0.0.1:5432/tasktracker_bench_plan] [--smoke]
 
 Fills a PostgreSQL database (its name must hold "bench": it is dropped and created again)
 with `--messages` messages of one team chat (the texts and rhythm of `bench/pipeline.py`: noise,
@@ -13,7 +13,10 @@ batches it wrote, and the seconds until the first batch was handed over to be qu
 planning's `on_batches` callback, called when a bounded transaction commits; a planning
 without one hands its batches over when it returns). The batches are not sent to a broker:
 no worker runs here. `--reuse` keeps a database that already holds the messages (its runs
-are deleted), to compare code changes without writing a million rows again.
+are deleted), to compare code changes without writing a million rows again. `--smoke` runs at
+tiny sizes (5,000 messages, never reused), to check that the bench works; unless
+`--database-url` is given, on a database of its own (the default's name + "_smoke", dropped at
+the end), so that a kept million-row database survives it.
 
 Goal (issue "Costs that stay flat as the work grows", item 1): peak RSS of the planning
 process under 300 MB whatever the window. Prints the machine's load average beside the
@@ -42,6 +45,7 @@ from typing import Any
 BASE_DIR = Path(__file__).resolve().parent.parent
 GOAL_PEAK_RSS_MB = 300.0
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/tasktracker_bench_plan"
+SMOKE_URL = DEFAULT_URL + "_smoke"
 START = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)  # a Monday
 
 
@@ -100,13 +104,15 @@ def _postgres_admin(url: str) -> tuple[Any, Any]:
     return psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True), sql.Identifier(name)
 
 
-def recreate_database(url: str) -> None:
+def recreate_database(url: str, *, create: bool = True) -> None:
+    """Drop the database (and create it again, empty, unless `create` is false)."""
     from psycopg import sql
 
     admin, name = _postgres_admin(url)
     with admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(name))
+        if create:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(name))
 
 
 def database_exists(url: str) -> bool:
@@ -248,8 +254,13 @@ def main() -> int:
     parser.add_argument("--chunk", type=int, default=0, help="plan_run's chunk_size (default: its own)")
     parser.add_argument("--database-url", default=DEFAULT_URL)
     parser.add_argument("--reuse", action="store_true", help="keep a database already holding the messages")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the bench runs (CI)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.smoke:
+        args.messages, args.reuse = 5000, False
+        if args.database_url == DEFAULT_URL:
+            args.database_url = SMOKE_URL
     if not args.database_url.startswith("postgres"):
         raise SystemExit("This bench runs on PostgreSQL.")
     if args.child:
@@ -302,6 +313,8 @@ def main() -> int:
         finally:
             redis.terminate()
             redis.wait()
+            if args.smoke and args.database_url == SMOKE_URL:
+                recreate_database(args.database_url, create=False)
     if completed.returncode != 0:
         sys.stderr.write(completed.stdout + completed.stderr)
         return 1
