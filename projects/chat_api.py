@@ -135,6 +135,7 @@ class ChatViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
 class MessageViewSet(viewsets.ReadOnlyModelViewSet):
     permission_classes = [permissions.IsAuthenticated]
     filterset_class = MessageFilter
+    search_fields = ["text"]
     ordering_fields = ["sent_at", "id"]
     lookup_value_regex = r"\d+"
 

@@ -10,15 +10,12 @@ from datetime import datetime
 from typing import Any
 
 from django.core.validators import MaxLengthValidator, MinLengthValidator
-from django.db.models import QuerySet
 from django.utils import timezone
 from django_filters import rest_framework as filters
 from rest_framework import serializers, status
-from rest_framework.filters import search_smart_split
 from rest_framework.request import Request
 
 from sources.models import Chat, Message, MessageEdit
-from sources.selectors import search_messages
 from sources.services import BULK_MAX_MESSAGES
 from tasktracker.api import IdFilter, help_texts
 from tasktracker.exceptions import DomainError
@@ -244,22 +241,10 @@ class MessageFilter(filters.FilterSet):
     sent_before = filters.IsoDateTimeFilter(
         field_name="sent_at", lookup_expr="lt", help_text="Sent before this time (ISO 8601), exclusive."
     )
-    search = filters.CharFilter(
-        method="filter_search",
-        help_text="Words or parts of words the text holds, any case; each must be there. "
-        'Quote several to find them together: `"login page"`.',
-    )
 
     class Meta:
         model = Message
-        fields = ["chat", "chat_telegram_id", "author_id", "sent_after", "sent_before", "search"]
-
-    def filter_search(self, queryset: QuerySet[Message], name: str, value: str) -> QuerySet[Message]:
-        # Split as DRF's SearchFilter splits `?search=`, which served it before: spaces and
-        # commas part terms, quotes keep a phrase together.
-        # The stubs type its argument list[str]; DRF passes it the parameter's str.
-        terms = search_smart_split(value)  # type: ignore[arg-type]
-        return search_messages(queryset, terms=terms)
+        fields = ["chat", "chat_telegram_id", "author_id", "sent_after", "sent_before"]
 
 
 # Reading a bulk request
