@@ -3,7 +3,7 @@ requeue stalled batches, close."""
 
 from typing import Any, cast
 
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, permissions, serializers, status, viewsets
@@ -232,8 +232,19 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     lookup_value_regex = r"\d+"
 
     def get_queryset(self) -> QuerySet[AnalysisRun]:
+        # The run's own columns, its agent's and task config's names (not their prompts and
+        # schemas) and the ids of its projects and chats: what RunSerializer shows.
+        own = [field.attname for field in AnalysisRun._meta.concrete_fields]
         return (
-            runs_visible_to(self.request.user).prefetch_related("projects", "chats").order_by("-created_at")
+            runs_visible_to(self.request.user)
+            .select_related(None)
+            .select_related("assignment__agent", "assignment__task_config")
+            .only(*own, "assignment__agent__name", "assignment__task_config__name")
+            .prefetch_related(
+                Prefetch("projects", queryset=Project.objects.only("id")),
+                Prefetch("chats", queryset=Chat.objects.only("id")),
+            )
+            .order_by("-created_at")
         )
 
     @extend_schema(

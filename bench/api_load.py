@@ -45,6 +45,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,8 @@ TARGET_P95_MS = 250
 TARGET_CAPACITY_FACTOR = 4
 # Production's processes per machine unless WEB_CONCURRENCY says otherwise (docker-compose.yml).
 DEFAULT_WORKERS = 2
+# The web service's DATABASE_POOL_MAX_SIZE in docker-compose.yml.
+DEFAULT_POOL = 10
 
 
 def recreate_bench_database(url: str) -> None:
@@ -245,6 +248,10 @@ def seed(args: argparse.Namespace, users: int) -> dict[str, Any]:
             for proposal in proposals
             for message_id in rng.sample(message_ids, 2)
         )
+    if connection.vendor == "postgresql":
+        # As autovacuum would soon after such a load: the planner's statistics of the rows.
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")
     connection.close()
     per_chat = -(-args.messages // len(chats))
     return {
@@ -330,6 +337,14 @@ def report(csv_prefix: Path) -> dict[str, float]:
     }
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy since boot."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
 def load() -> str:
     one, five, _ = os.getloadavg()
     return f"load average {one:.2f} (5 min {five:.2f}) on {os.cpu_count()} CPUs"
@@ -352,6 +367,7 @@ def run_locust(
     csv_prefix = workdir / name
     print(f"{name}: {users} users, waits {wait} s, spawn rate {spawn_rate}/s, {duration}; {load()}.")
     cpu_before, wall_before = cpu_seconds(server.pid), time.monotonic()
+    children_before, machine_before = resource.getrusage(resource.RUSAGE_CHILDREN), machine_busy_seconds()
     locust = subprocess.run(
         [
             str(bin_dir / "locust"),
@@ -387,6 +403,11 @@ def run_locust(
         print(locust.stderr, file=sys.stderr)
         raise RuntimeError(f"locust exited with {locust.returncode}")
     cpu_used, wall = cpu_seconds(server.pid) - cpu_before, time.monotonic() - wall_before
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    locust_cpu = (children.ru_utime + children.ru_stime) - (
+        children_before.ru_utime + children_before.ru_stime
+    )
+    machine_cpu = machine_busy_seconds() - machine_before
     print(f"At the end: {load()}.")
     # Locust warns when its own CPU is the limit: the latencies would then be its own.
     for line in locust.stderr.splitlines():
@@ -395,7 +416,9 @@ def run_locust(
     # Over the whole locust run, ramp-up included (the statistics are not).
     print(
         f"The server used {cpu_used:.1f} CPU seconds in {wall:.1f} s "
-        f"({100 * cpu_used / wall:.0f}% of one CPU)."
+        f"({100 * cpu_used / wall:.0f}% of one CPU); locust {locust_cpu:.1f}; the whole machine "
+        f"{machine_cpu:.1f} of {wall * (os.cpu_count() or 1):.0f} (PostgreSQL, Redis and the rest: "
+        f"{machine_cpu - cpu_used - locust_cpu:.1f})."
     )
     print()
     figures = report(csv_prefix)
@@ -434,9 +457,9 @@ def start_server(args: argparse.Namespace, workdir: Path, port: int) -> subproce
     else:
         command = web_server_command("127.0.0.1", port, workers=args.workers)
     with open(workdir / "server.log", "wb") as server_log:
-        return subprocess.Popen(
-            command, env=os.environ, cwd=BASE_DIR, stdout=server_log, stderr=subprocess.STDOUT
-        )
+        # The web server's connection pool, as docker-compose.yml's web service has it.
+        env = {**os.environ, "DATABASE_POOL_MAX_SIZE": str(args.pool)}
+        return subprocess.Popen(command, env=env, cwd=BASE_DIR, stdout=server_log, stderr=subprocess.STDOUT)
 
 
 def main() -> int:
@@ -446,6 +469,12 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--spawn-rate", type=float, default=10)
     parser.add_argument("--duration", default="30s", help="locust's --run-time, e.g. 30s, 2m")
+    parser.add_argument(
+        "--pool",
+        type=int,
+        default=DEFAULT_POOL,
+        help="connections per server process in its PostgreSQL pool (0: one connection per request)",
+    )
     parser.add_argument(
         "--database-url", help="a PostgreSQL database named *bench*, made anew (default: SQLite)"
     )
@@ -501,6 +530,12 @@ def main() -> int:
             print((workdir / "server.log").read_text()[-3000:], file=sys.stderr)
             raise
         processes = "1 process" if args.server == "daphne" else f"{args.workers} worker processes"
+        if args.database_url:
+            processes += (
+                f", a pool of up to {args.pool} connections each"
+                if args.pool
+                else ", a connection per request"
+            )
         print(f"{args.server} ({processes}) on {host}; statistics reset once all users have started.\n")
         phase = {"host": host, "workdir": workdir, "fixture_path": fixture_path, "server": server}
         latency = run_locust(

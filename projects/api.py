@@ -420,12 +420,14 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def get_queryset(self) -> QuerySet[Project]:
         # A project the user is not on is a 404 for every action, as if it did not exist;
         # one they see but may not change is a 403 (`_editable`).
-        return projects_visible_to(self.request.user).prefetch_related(
-            Prefetch("memberships", queryset=ProjectMembership.objects.select_related("user")),
-            # `current_configs` is the `to_attr` of a prefetch of `projects_visible_to`, which
-            # the plugin does not see.
-            "current_configs__chats",  # type: ignore[misc]
+        projects = projects_visible_to(self.request.user).prefetch_related(
+            Prefetch("memberships", queryset=ProjectMembership.objects.select_related("user"))
         )
+        if self.action == "list":
+            return projects  # the list shows no configuration's chats
+        # `current_configs` is the `to_attr` of a prefetch of `projects_visible_to`, which the
+        # plugin does not see.
+        return projects.prefetch_related("current_configs__chats")  # type: ignore[misc]
 
     def get_serializer_class(self) -> type[serializers.BaseSerializer]:
         return ProjectDetailSerializer if self.action == "retrieve" else ProjectSerializer

@@ -31,6 +31,7 @@ from proposals.selectors import (
     may_review_any,
     proposal_detail,
     proposal_list,
+    proposal_summaries,
     proposals_visible_to,
 )
 from proposals.services import (
@@ -429,7 +430,9 @@ class ProposalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         if getattr(self, "swagger_fake_view", False):
             return proposal_list().none()
         if self.action == "list":
-            return proposals_visible_to(self.request.user).order_by("-confidence", "created_at", "pk")
+            return proposals_visible_to(self.request.user, proposal_summaries()).order_by(
+                "-confidence", "created_at", "pk"
+            )
         return proposals_visible_to(self.request.user, proposal_detail())
 
     def get_serializer_class(self) -> type[serializers.BaseSerializer]:

@@ -26,6 +26,46 @@ def proposal_list() -> QuerySet[TaskProposal]:
     )
 
 
+# What the API's list shows of a proposal's neighbours: names and titles, not whole rows.
+SUMMARY_RELATED_FIELDS = (
+    "project__name",
+    "reviewer__username",
+    "similar_proposal__title",
+    "similar_task__title",
+)
+# What a source message shows in a list: its `link` needs the chat's username, type and id.
+SOURCE_FIELDS = (
+    "id",
+    "chat_id",
+    "telegram_id",
+    "author_id",
+    "author_name",
+    "text",
+    "sent_at",
+    "chat__title",
+    "chat__username",
+    "chat__type",
+    "chat__telegram_id",
+)
+
+
+def proposal_summaries() -> QuerySet[TaskProposal]:
+    """Proposals with what the API's list shows and no more: every column of the proposal,
+    the names and titles of its project, reviewer and similar proposal or task, and its
+    source messages without their raw Telegram payloads. The other foreign keys are ids."""
+    own = [field.attname for field in TaskProposal._meta.concrete_fields]
+    return (
+        TaskProposal.objects.select_related("project", "reviewer", "similar_proposal", "similar_task")
+        .only(*own, *SUMMARY_RELATED_FIELDS)
+        .prefetch_related(
+            Prefetch(
+                "source_messages",
+                queryset=Message.objects.select_related("chat").only(*SOURCE_FIELDS).order_by("sent_at"),
+            )
+        )
+    )
+
+
 def proposals_visible_to(
     user: AnyUser, queryset: QuerySet[TaskProposal] | None = None
 ) -> QuerySet[TaskProposal]:

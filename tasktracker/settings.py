@@ -116,6 +116,19 @@ else:
     # 0 by default: Django advises against persistent connections under ASGI.
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # The web server's processes borrow connections from a pool (psycopg_pool, Django's
+    # "pool" option) instead of opening one per request, which costs PostgreSQL a process
+    # and the request a round of authentication. Set for the web server only
+    # (docker-compose.yml): a pool made before Celery's prefork workers fork would be shared
+    # by them. At most this many connections per process; 0 is none.
+    DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=0)
+    if DATABASE_POOL_MAX_SIZE:
+        DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django refuses persistent connections with a pool
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": DATABASE_POOL_MAX_SIZE,
+            "timeout": 10,
+        }
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
