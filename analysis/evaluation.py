@@ -64,6 +64,29 @@ AMI_ROLES = {
     "UI": "user interface designer",
     "ME": "marketing expert",
 }
+# How speakers address each other by role ("Marketing, right."): the names of the evaluation
+# project's team, which the prefilter keeps a message for naming (`keep_reason`).
+AMI_ROLE_NAMES = {
+    "project manager": "project manager",
+    "industrial designer": "industrial designer",
+    "user interface designer": "user interface",
+    "marketing expert": "marketing",
+}
+# Each part's own folds: a prefilter rule tuned on one must hold on the other (README,
+# "Quality"). The ES series in two halves; IB's meetings link no action to an utterance, so
+# they count for the share dropped only.
+AMI_FOLDS: dict[str, dict[str, Callable[[str], bool]]] = {
+    DEV: {
+        "ES2002-ES2008": lambda meeting_id: meeting_id.startswith("ES") and meeting_id[2:6] <= "2008",
+        "ES2009-ES2016": lambda meeting_id: meeting_id.startswith("ES") and meeting_id[2:6] >= "2009",
+        "IB": lambda meeting_id: meeting_id.startswith("IB"),
+    },
+    HELDOUT: {
+        "IS": lambda meeting_id: meeting_id.startswith("IS"),
+        "TS": lambda meeting_id: meeting_id.startswith("TS"),
+    },
+}
+FOLD_TARGETS = {"dropped_share_at_least": 0.45, "gold_source_kept_share_at_least": 0.99}
 MEETING_START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 SCRATCH_USERNAME = "evaluate-extraction"
 # The quality targets, on the development parts (README, "Quality").
@@ -477,11 +500,23 @@ def _start_meeting_run(
         pk: meeting.utterances[telegram_id - 1].id
         for pk, telegram_id in Message.objects.filter(chat=chat).values_list("pk", "telegram_id")
     }
+    # The speakers as the team, named as they address each other: the prefilter keeps a
+    # message naming one, as it keeps one naming a product's team member.
+    team = [
+        get_user_model().objects.get_or_create(
+            username=f"{SCRATCH_USERNAME}-{name.replace(' ', '-')}", defaults={"first_name": name}
+        )[0]
+        for name in meeting_names(meeting)
+    ]
     project = create_project(
         name=f"AMI {meeting.id} (evaluation)",
         slug=f"evaluation-ami-{meeting.id.lower()}",
         user=user,
-        changes={"description": meeting_description(meeting), "chats": [chat.pk]},
+        changes={
+            "description": meeting_description(meeting),
+            "chats": [chat.pk],
+            "team": [{"user_id": member.pk, "role": "member"} for member in team],
+        },
     )
     run = services.start_run(
         window_start=MEETING_START,
@@ -679,6 +714,62 @@ def evaluate_ami(
             "prompt_to_content_ratio": _target(ratio, at_most=TARGETS["prompt_to_content_ratio_at_most"]),
         },
     }
+
+
+def meeting_names(meeting: Meeting) -> list[str]:
+    """The names the meeting's speakers address each other by: their roles."""
+    return sorted({AMI_ROLE_NAMES[role] for role in meeting.roles.values() if role in AMI_ROLE_NAMES})
+
+
+def prefilter_folds(*, part: str, path: Path = AMI_PATH) -> list[dict[str, Any]]:
+    """The prefilter alone (no LLM) on each fold of a part (`AMI_FOLDS`): messages, the
+    share dropped and why, and the gold source messages it keeps, with the fold targets."""
+    data = load_ami(part=part, path=path)
+    rows = []
+    for fold, belongs in AMI_FOLDS[part].items():
+        meetings = [m for m in data.meetings if belongs(m.id)]
+        dropped: Counter[str] = Counter()
+        messages = sources = sources_kept = 0
+        for meeting in meetings:
+            pipeline_messages = [
+                PipelineMessage(id=i, sent_at=MEETING_START, author=u.speaker, text=u.text)
+                for i, u in enumerate(meeting.utterances)
+            ]
+            result = prefilter_messages(pipeline_messages, names=meeting_names(meeting))
+            kept = {meeting.utterances[m.id].id for m in result.kept}
+            gold = {i for g in meeting.gold for i in g.source_ids} & {u.id for u in meeting.utterances}
+            messages += len(meeting.utterances)
+            dropped.update(result.dropped)
+            sources += len(gold)
+            sources_kept += len(gold & kept)
+        dropped_share = _ratio(sum(dropped.values()), messages)
+        kept_share = _ratio(sources_kept, sources)
+        rows.append(
+            {
+                "fold": fold,
+                "meetings": len(meetings),
+                "messages": messages,
+                "dropped_share": dropped_share,
+                "dropped_by_reason": dict(sorted(dropped.items())),
+                "gold_source_messages": sources,
+                "gold_source_messages_kept": sources_kept,
+                "gold_source_kept_share": kept_share,
+                "targets": {
+                    "dropped_share": _target(dropped_share, at_least=FOLD_TARGETS["dropped_share_at_least"]),
+                    # A fold without linked sources cannot say: its target is left out.
+                    **(
+                        {
+                            "gold_source_kept_share": _target(
+                                kept_share, at_least=FOLD_TARGETS["gold_source_kept_share_at_least"]
+                            )
+                        }
+                        if sources
+                        else {}
+                    ),
+                },
+            }
+        )
+    return rows
 
 
 def evaluate_email_intent(*, part: str, directory: Path = EMAIL_INTENT_DIR) -> dict[str, Any]:

@@ -129,6 +129,63 @@ FRAGMENT_MAX_WORDS = 4
 FILLER_CUE_MIN_WORDS = 5
 
 
+# Fail-safe keeps: whatever its length, a message is kept when it may carry a task by its
+# form (README, "Quality": each rule was checked on both folds of the development part).
+# A modal or a plan: "should", "need to", "have to", "let's", "I'll", "going to".
+MODAL_CUE = re.compile(
+    r"\b(?:should(?:n't)?|must|need(?:s|ed)? to|ha(?:ve|s|d) to|got to|gotta|let'?s|let (?:me|us)|"
+    r"(?:i|we|you|they|he|she)(?:'ll| will| shall)|going to|gonna|supposed to|ought to)\b"
+)
+# A date or a time: a weekday, "tomorrow", "next week", a month, 12/3, 5pm, a deadline.
+DATE_CUE = re.compile(
+    r"\b(?:today|tonight|tomorrow|yesterday|monday|tuesday|wednesday|thursday|friday|saturday|"
+    r"sunday|weekend|next (?:week|month|time|meeting)|deadline|asap|eod|january|february|march|"
+    r"april|june|july|august|september|october|november|december|\d{1,2}[/.]\d{1,2}(?:[/.]\d{2,4})?|"
+    r"\d{1,2}(?::\d{2})? ?(?:am|pm))\b"
+)
+# A mention of someone: @username (team members' names are given to `prefilter_messages`).
+MENTION_CUE = re.compile(r"(?<!\w)@\w{2,}")
+# An imperative: one of these verbs first, after openers ("so", "okay", "and then"), with
+# more after it ("Send it", "So check the budget").
+IMPERATIVE_VERBS = frozenset(
+    """
+    add ask book bring build buy call change check clean come confirm consider contact copy
+    create decide deploy design do double-check draft draw email fill find finish fix follow
+    forward get give go grab have keep let look make merge move note order organise organize
+    pay phone pick plan post prepare print put read remember remind remove reply report
+    research review schedule send set share show sort start stop submit take talk tell test
+    think try update upload use wait write
+    """.split()  # noqa: SIM905
+)
+OPENERS = frozenset(
+    "so okay ok um uh and then now well alright right just also please yeah yes oh but maybe".split()  # noqa: SIM905
+)
+
+
+def keep_reason(text: str, *, names: Iterable[str] = ()) -> str | None:
+    """Why a message is kept whatever its length, or None: it asks a question (a "?" and a
+    word that is not a filler), holds a modal, names a date, mentions someone (@name or one
+    of `names`, normalised, as whole words) or starts with an imperative verb."""
+    normalised = _normalise(text).replace("\u2019", "'")
+    words = _SPOKEN_WORD.findall(normalised)
+    if "?" in normalised and any(word.strip("'") not in FILLERS for word in words):
+        return "question"
+    if MODAL_CUE.search(normalised):
+        return "modal"
+    if DATE_CUE.search(normalised):
+        return "date"
+    if MENTION_CUE.search(normalised) or any(_names_word(normalised, name) for name in names):
+        return "mention"
+    first = next((i for i, word in enumerate(words) if word not in OPENERS), len(words))
+    if first + 1 < len(words) and words[first] in IMPERATIVE_VERBS:
+        return "imperative"
+    return None
+
+
+def _names_word(text: str, name: str) -> bool:
+    return bool(name) and re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text) is not None
+
+
 @dataclass(frozen=True)
 class PipelineMessage:
     """A message as the pipeline sees it."""
@@ -212,12 +269,20 @@ def noise_reason(text: str) -> str | None:
 
 
 def prefilter_messages(
-    messages: Sequence[PipelineMessage], *, keywords: Iterable[str] = (), exclude_keywords: Iterable[str] = ()
+    messages: Sequence[PipelineMessage],
+    *,
+    keywords: Iterable[str] = (),
+    exclude_keywords: Iterable[str] = (),
+    names: Iterable[str] = (),
 ) -> PrefilterResult:
     """Drop what cannot carry a task, counted per reason. A message naming a project
-    keyword is kept unless it is empty; one naming an exclude keyword is dropped."""
+    keyword is kept unless it is empty; one naming an exclude keyword is dropped. Filler
+    and fragment fail safe: a message they would drop is kept for a `keep_reason` (a
+    question, a modal, a date, a mention of @someone or of one of `names`, the team's
+    names, or an imperative)."""
     keywords = [_normalise(k) for k in keywords if k.strip()]
     excludes = [_normalise(k) for k in exclude_keywords if k.strip()]
+    names = sorted({_normalise(n).strip() for n in names if len(n.strip()) >= 2})
     result = PrefilterResult(kept=[])
     for message in messages:
         text = _normalise(message.text)
@@ -225,11 +290,17 @@ def prefilter_messages(
             result.dropped["exclude_keyword"] += 1
             continue
         reason = noise_reason(message.text)
+        if reason in FAIL_SAFE_REASONS and keep_reason(message.text, names=names):
+            reason = None
         if reason and not (reason != "empty" and keywords and _mentions(text, keywords)):
             result.dropped[reason] += 1
             continue
         result.kept.append(message)
     return result
+
+
+# The drops a `keep_reason` overrides: those judged on words alone.
+FAIL_SAFE_REASONS = frozenset({"filler", "fragment"})
 
 
 @cache

@@ -273,6 +273,8 @@ def plan_run(
     projects = run.config_snapshot.get("projects", [])
     keywords = [k for p in projects for k in p["keywords"]]
     exclude_keywords = [k for p in projects for k in p["exclude_keywords"]]
+    # Runs snapshotted before member names were: none.
+    names = [n for p in projects for n in p.get("member_names", [])]
     gap = min((p["batch_time_gap_minutes"] for p in projects), default=60)
     cutter = BatchCutter(
         token_budget=run.assignment.agent.batch_token_budget,
@@ -284,7 +286,7 @@ def plan_run(
     while True:
         chunk = _read_chunk(run, chat_ids, after=planning.cursor, size=chunk_size)
         done = len(chunk) < chunk_size
-        kept = prefilter_messages(chunk, keywords=keywords, exclude_keywords=exclude_keywords)
+        kept = prefilter_messages(chunk, keywords=keywords, exclude_keywords=exclude_keywords, names=names)
         closed = [batch for m in kept.kept if (batch := cutter.add(m)) is not None]
         if done and (last_batch := cutter.finish()) is not None:
             closed.append(last_batch)

@@ -328,7 +328,16 @@ def _config_snapshot(config: ProjectConfig) -> dict[str, Any]:
         "priority_rules": config.priority_rules,
         "batch_time_gap_minutes": config.batch_time_gap_minutes,
         "chat_ids": sorted(chat.pk for chat in config.chats.all()),
+        "member_names": _member_names(config),
     }
+
+
+def _member_names(config: ProjectConfig) -> list[str]:
+    """The names the team goes by (usernames, first and last names): a message naming one is
+    kept by the prefilter (`analysis.pipeline.keep_reason`)."""
+    user_ids = [member["user_id"] for member in config.team]
+    names = User.objects.filter(pk__in=user_ids).values_list("username", "first_name", "last_name")
+    return sorted({name.strip() for row in names for name in row if len(name.strip()) >= 2})
 
 
 @transaction.atomic

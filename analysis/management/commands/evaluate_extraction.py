@@ -1,15 +1,18 @@
 """`manage.py evaluate_extraction`: extraction measured on annotated data (README, "Quality").
 
     manage.py evaluate_extraction --dataset ami --part dev --agent "Offline SmolLM2" --limit 4
+    manage.py evaluate_extraction --dataset ami --part dev
     manage.py evaluate_extraction --dataset email-intent --part dev
 
-Prints the figures, with the prompt overhead (the whole request's tokens over the messages'
-own) at each batch token budget the product ships or `--budgets` names, and writes them as
-JSON (`--output`). The held-out part is read only with `--part heldout`: report it, never
+Without `--agent`, the AMI part's prefilter alone, per fold (no LLM). Prints the figures,
+with the prompt overhead (the whole request's tokens over the messages' own) at each batch
+token budget the product ships or `--budgets` names, and the prefilter per fold, and writes
+them as JSON (`--output`). The held-out part is read only with `--part heldout`: report it, never
 tune on it.
 """
 
 import argparse
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from analysis.evaluation import (
     as_json,
     evaluate_ami,
     evaluate_email_intent,
+    prefilter_folds,
     prompt_overhead_at_budgets,
 )
 from tasktracker.exceptions import DomainError
@@ -45,7 +49,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dataset", choices=["ami", "email-intent"], required=True)
         parser.add_argument("--part", choices=PARTS, required=True, help="dev to tune on, heldout to report.")
-        parser.add_argument("--agent", help='The agent\'s name (AMI only), e.g. "Offline SmolLM2".')
+        parser.add_argument(
+            "--agent",
+            help='The agent\'s name (AMI only), e.g. "Offline SmolLM2"; without it, the prefilter per fold.',
+        )
         parser.add_argument("--limit", type=int, default=None, help="The first N meetings only (AMI).")
         parser.add_argument(
             "--budgets",
@@ -75,6 +82,11 @@ class Command(BaseCommand):
             if dataset == "email-intent":
                 report = evaluate_email_intent(part=part, directory=options["path"] or EMAIL_INTENT_DIR)
                 lines = format_email_intent_report(report)
+            elif not options["agent"]:
+                # The prefilter alone, per fold: no agent, no LLM, no Redis.
+                folds = prefilter_folds(part=part, path=options["path"] or AMI_PATH)
+                report = {"dataset": "ami", "part": part, "prefilter_folds": folds}
+                lines = format_folds(folds)
             else:
                 assignment = self.assignment(options["agent"])
                 report = evaluate_ami(
@@ -91,7 +103,8 @@ class Command(BaseCommand):
                     path=options["path"] or AMI_PATH,
                     limit=options["limit"],
                 )
-                lines = format_ami_report(report)
+                report["prefilter_folds"] = prefilter_folds(part=part, path=options["path"] or AMI_PATH)
+                lines = itertools.chain(format_ami_report(report), format_folds(report["prefilter_folds"]))
         except (EvaluationError, DomainError) as exc:
             # A switched-off agent or provider is refused by `start_run` with a DomainError.
             raise CommandError(str(exc)) from exc
@@ -105,10 +118,8 @@ class Command(BaseCommand):
         output.write_text(as_json(report) + "\n", encoding="utf-8")
         self.stdout.write(f"Written to {output}")
 
-    def assignment(self, name: str | None) -> AgentTaskAssignment:
+    def assignment(self, name: str) -> AgentTaskAssignment:
         """The agent's active assignment, the default task config's when it has several."""
-        if not name:
-            raise CommandError("--agent is required with --dataset ami.")
         assignments = AgentTaskAssignment.objects.filter(agent__name=name, is_active=True).select_related(
             "agent__provider", "task_config"
         )
@@ -206,6 +217,28 @@ def format_ami_report(report: dict[str, Any]) -> Iterator[str]:
         f"{llm['batches']} batches, failed: {_reasons(llm['batches_failed'])}"
     )
     yield from _targets(report)
+
+
+def format_folds(folds: list[dict[str, Any]]) -> Iterator[str]:
+    """The prefilter per fold (`prefilter_folds`), with the fold targets."""
+    yield "Prefilter per fold (no LLM; a rule tuned on one fold must hold on the others):"
+    yield f"{'fold':>16}{'meetings':>9}{'messages':>9}{'dropped':>9}{'gold sources kept':>19}  targets"
+    for fold in folds:
+        kept = (
+            f"{fold['gold_source_messages_kept']}/{fold['gold_source_messages']} "
+            f"({_percent(fold['gold_source_kept_share'])})"
+            if fold["gold_source_messages"]
+            else "none linked"
+        )
+        verdicts = ", ".join(
+            f"{name.replace('_', ' ')} >= {target['at_least']}: {'met' if target['met'] else 'NOT met'}"
+            for name, target in fold["targets"].items()
+        )
+        yield (
+            f"{fold['fold']:>16}{fold['meetings']:>9}{fold['messages']:>9}"
+            f"{_percent(fold['dropped_share']):>9}{kept:>19}  {verdicts}"
+        )
+        yield f"{'':>16} dropped by reason: {_reasons(fold['dropped_by_reason'])}"
 
 
 def format_request_tokens(rows: list[dict[str, Any]]) -> Iterator[str]:
