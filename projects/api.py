@@ -23,6 +23,7 @@ from rest_framework.views import APIView
 from projects import access
 from projects.models import Project, ProjectConfig, ProjectMembership, Task, WebhookDelivery, WebhookEndpoint
 from projects.selectors import (
+    calibrations,
     config_history,
     get_config_version,
     projects_visible_to,
@@ -194,14 +195,69 @@ class ProjectSerializer(serializers.ModelSerializer):
         return current[0].version if current else None
 
 
+class DecileSerializer(serializers.Serializer):
+    range = serializers.CharField(help_text="The tenth of confidence, e.g. 0.8-0.9 (from inclusive).")
+    reviews = serializers.IntegerField(help_text="Approved or rejected proposals in it.")
+    approved = serializers.IntegerField(help_text="Of those, approved.")
+    approval_rate = serializers.FloatField(allow_null=True, help_text="Approved over reviews; null for none.")
+    mean_confidence = serializers.FloatField(
+        allow_null=True, help_text="Their mean confidence; null for none."
+    )
+
+
+class BandFiguresSerializer(serializers.Serializer):
+    reviews = serializers.IntegerField(help_text="Approved or rejected proposals in the band.")
+    approved = serializers.IntegerField(help_text="Of those, approved.")
+    approval_rate = serializers.FloatField(allow_null=True, help_text="Approved over reviews; null for none.")
+
+
+class BandTableSerializer(serializers.Serializer):
+    bands = serializers.DictField(
+        child=BandFiguresSerializer(), help_text="Per band (high, medium, low): reviews and approval."
+    )
+    band_error = serializers.FloatField(
+        allow_null=True,
+        help_text="Review-weighted distance of each band's approval rate from the range it promises; 0 is "
+        "kept promises.",
+    )
+
+
+class AgentCalibrationSerializer(serializers.Serializer):
+    agent = serializers.CharField(help_text="The agent's name when last computed.")
+    computed_at = serializers.DateTimeField(help_text="When a closed run last recomputed it.")
+    reviews = serializers.IntegerField(help_text="Approved or rejected proposals of closed runs counted.")
+    minimum_reviews = serializers.IntegerField(
+        help_text="Reviews needed to calibrate (CALIBRATION_MIN_REVIEWS)."
+    )
+    calibrated = serializers.BooleanField(
+        help_text="Whether the bands are set from reviews; fixed bands if not."
+    )
+    high = serializers.FloatField(help_text="High band: confidence above this.")
+    low = serializers.FloatField(help_text="Low band: confidence below this; medium between.")
+    ece = serializers.FloatField(
+        allow_null=True, help_text="Expected calibration error of the confidences over deciles."
+    )
+    deciles = DecileSerializer(many=True, help_text="The reliability table, by tenth of confidence.")
+    fixed = BandTableSerializer(help_text="The same reviews in the fixed bands (high > 0.9, low < 0.7).")
+    current = BandTableSerializer(help_text="The same reviews in the bands in force now.")
+
+
 class ProjectDetailSerializer(ProjectSerializer):
     current_config = serializers.SerializerMethodField(
         help_text="The current configuration in full; null before the first."
     )
+    calibration = serializers.SerializerMethodField(
+        help_text="Per agent, what reviews say of its confidence: the reliability table and the band "
+        "thresholds in force (recomputed when a run closes)."
+    )
 
     class Meta(ProjectSerializer.Meta):
-        fields = [*ProjectSerializer.Meta.fields, "current_config"]
+        fields = [*ProjectSerializer.Meta.fields, "current_config", "calibration"]
         read_only_fields = fields
+
+    @extend_schema_field(AgentCalibrationSerializer(many=True))
+    def get_calibration(self, project: Project) -> list[dict[str, Any]]:
+        return calibrations(project)
 
     @extend_schema_field(ConfigSerializer(allow_null=True))
     def get_current_config(self, project: _ReadProject) -> dict[str, Any] | None:

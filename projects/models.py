@@ -16,6 +16,9 @@ class Project(models.Model):
         on_delete=models.SET_NULL,
         related_name="default_assignee_of",
     )
+    # What its reviews say of each agent's confidence, recomputed when a run closes
+    # (analysis.calibration): {"agents": {"<agent id>": {reliability table, thresholds}}}.
+    band_calibration = models.JSONField(default=dict, blank=True, db_default={})
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

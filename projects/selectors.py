@@ -358,3 +358,10 @@ def tasks_visible_to(user: AnyUser) -> QuerySet[Task]:
 def chat_choices(user: AnyUser | None, project: Project | None) -> QuerySet[Chat]:
     """The chats a user may choose for a project's configuration (`access.addable_chats`)."""
     return access.addable_chats(user, project).order_by("title", "telegram_id")
+
+
+def calibrations(project: Project) -> list[dict[str, Any]]:
+    """Its agents' confidence calibrations, oldest agent first (`analysis.calibration`
+    stores them on the project when a run closes)."""
+    agents = project.band_calibration.get("agents", {})
+    return [agents[key] for key in sorted(agents, key=int)]

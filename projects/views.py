@@ -4,6 +4,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol, cast
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
@@ -20,6 +21,7 @@ from projects import access
 from projects.forms import ConfigEditor, NewProjectForm, TaskFilterForm, TaskUpdateForm
 from projects.models import Project, ProjectConfig, Task
 from projects.selectors import (
+    calibrations,
     compare_configs,
     config_history,
     current_config,
@@ -113,6 +115,8 @@ def project_page(request: AuthedRequest, slug: str) -> HttpResponse:
         "open_task_count": tasks.count(),
         "can_edit": access.can(request.user, project, access.Action.CONFIGURE),
         "team_drifted": team_drifted(project, config),
+        "calibrations": calibrations(project),
+        "minimum_reviews": settings.CALIBRATION_MIN_REVIEWS,
     }
     return render(request, "projects/project_detail.html", context)
 

@@ -43,26 +43,22 @@ APPROVE_BUTTON = "_approve"
 
 
 class ConfidenceBandFilter(admin.SimpleListFilter):
-    """The bands of `confidence_band`, as database filters on `confidence`."""
+    """The band each proposal was saved in: its run's thresholds, fixed (high above
+    0.9, medium 0.7 to 0.9, low below 0.7) or calibrated on the project's reviews."""
 
     title = "confidence band"
     parameter_name = "band"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
         return [
-            (TaskProposal.Band.HIGH, f"High (> {HIGH_CONFIDENCE})"),
-            (TaskProposal.Band.MEDIUM, f"Medium ({MEDIUM_CONFIDENCE} – {HIGH_CONFIDENCE})"),
-            (TaskProposal.Band.LOW, f"Low (< {MEDIUM_CONFIDENCE})"),
+            (TaskProposal.Band.HIGH, f"High (fixed: > {HIGH_CONFIDENCE})"),
+            (TaskProposal.Band.MEDIUM, f"Medium (fixed: {MEDIUM_CONFIDENCE} – {HIGH_CONFIDENCE})"),
+            (TaskProposal.Band.LOW, f"Low (fixed: < {MEDIUM_CONFIDENCE})"),
         ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[TaskProposal]) -> QuerySet[TaskProposal]:
-        match self.value():
-            case TaskProposal.Band.HIGH:
-                return queryset.filter(confidence__gt=HIGH_CONFIDENCE)
-            case TaskProposal.Band.MEDIUM:
-                return queryset.filter(confidence__gte=MEDIUM_CONFIDENCE, confidence__lte=HIGH_CONFIDENCE)
-            case TaskProposal.Band.LOW:
-                return queryset.filter(confidence__lt=MEDIUM_CONFIDENCE)
+        if self.value() in TaskProposal.Band.values:
+            return queryset.filter(band=self.value())
         return queryset
 
 
@@ -189,7 +185,7 @@ class TaskProposalAdmin(admin.ModelAdmin):
 
     @admin.display(description="Confidence", ordering="confidence")
     def confidence_badge(self, obj: TaskProposal) -> SafeString:
-        band = confidence_band(obj.confidence)
+        band = obj.band or confidence_band(obj.confidence)
         return format_html(
             '<span class="confidence confidence-{}" title="{} confidence" '
             'style="background:{};color:#fff;padding:1px 8px;border-radius:9px;white-space:nowrap">'

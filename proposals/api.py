@@ -122,7 +122,9 @@ class ProposalSerializer(serializers.ModelSerializer):
     band = serializers.ChoiceField(
         choices=TaskProposal.Band.choices,
         read_only=True,
-        help_text="Confidence band: high above 0.9, medium from 0.7 to 0.9, low below 0.7.",
+        help_text="The confidence band it was proposed in, by its run's thresholds: fixed (high above "
+        "0.9, medium 0.7 to 0.9, low below 0.7) or calibrated on the project's reviews (the project's "
+        "`calibration`).",
     )
     similar_proposal = ProposalRefSerializer(
         read_only=True,
@@ -359,7 +361,9 @@ class ProposalFilter(filters.FilterSet):
     band = filters.ChoiceFilter(
         choices=TaskProposal.Band.choices,
         method="filter_band",
-        help_text="Confidence band: high above 0.9, medium from 0.7 to 0.9, low below 0.7.",
+        help_text="The confidence band it was proposed in, by its run's thresholds: fixed (high above "
+        "0.9, medium 0.7 to 0.9, low below 0.7) or calibrated on the project's reviews (the project's "
+        "`calibration`).",
     )
 
     class Meta:

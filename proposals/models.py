@@ -1,3 +1,6 @@
+from dataclasses import dataclass
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
@@ -84,6 +87,9 @@ class TaskProposal(models.Model):
     similar_task = models.ForeignKey(
         "projects.Task", null=True, blank=True, on_delete=models.SET_NULL, related_name="similar_proposals"
     )
+    # Set when saved, from the thresholds its run used (a snapshot of the project's calibrated
+    # bands, else the fixed ones): the band it was proposed in, whatever they become later.
+    band = models.CharField(max_length=8, choices=Band.choices, blank=True, db_default="", db_index=True)
     similarity_score = models.FloatField(null=True, blank=True)
     similarity_kind = models.CharField(max_length=24, choices=SimilarityKind.choices, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
@@ -142,19 +148,35 @@ class TaskProposal(models.Model):
     def __str__(self) -> str:
         return self.title
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Saved one by one (the admin, factories): the fixed bands, unless a band was given.
+        # (Not given, it holds Django's DatabaseDefault, not a string.)
+        if not isinstance(self.band, str) or not self.band:
+            self.band = confidence_band(self.confidence)
+        super().save(*args, **kwargs)
+
     def get_absolute_url(self) -> str:
         return reverse("admin:proposals_taskproposal_change", args=[self.pk])
 
-    @property
-    def band(self) -> str:
-        return confidence_band(self.confidence)
+
+@dataclass(frozen=True)
+class Bands:
+    """Confidence band thresholds: high above `high`, low below `low`, medium between."""
+
+    high: float
+    low: float
 
 
-def confidence_band(confidence: float) -> str:
-    """High above 0.9, medium from 0.7 to 0.9, low below 0.7."""
-    if confidence > HIGH_CONFIDENCE:
+# Until a project's reviews calibrate them (analysis.calibration).
+FIXED_BANDS = Bands(high=HIGH_CONFIDENCE, low=MEDIUM_CONFIDENCE)
+
+
+def confidence_band(confidence: float, bands: Bands = FIXED_BANDS) -> str:
+    """High above `bands.high`, low below `bands.low`, medium from one to the other; by
+    default the fixed bands: high above 0.9, medium from 0.7 to 0.9, low below 0.7."""
+    if confidence > bands.high:
         return TaskProposal.Band.HIGH
-    if confidence >= MEDIUM_CONFIDENCE:
+    if confidence >= bands.low:
         return TaskProposal.Band.MEDIUM
     return TaskProposal.Band.LOW
 

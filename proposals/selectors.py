@@ -12,7 +12,7 @@ from django.db.models.expressions import RawSQL
 
 from projects import access
 from projects.models import Project, ProjectMembership, Task
-from proposals.models import HIGH_CONFIDENCE, MEDIUM_CONFIDENCE, PROPOSAL_FTS, ReviewEvent, TaskProposal
+from proposals.models import PROPOSAL_FTS, ReviewEvent, TaskProposal
 from sources.models import Chat, Message
 from tasktracker.types import AnyUser
 
@@ -90,13 +90,10 @@ def proposal_detail() -> QuerySet[TaskProposal]:
 
 
 def filter_band(queryset: QuerySet[TaskProposal], band: str | None) -> QuerySet[TaskProposal]:
-    """Confidence bands: high above 0.9, medium 0.7 to 0.9, low below 0.7."""
-    if band == TaskProposal.Band.HIGH:
-        return queryset.filter(confidence__gt=HIGH_CONFIDENCE)
-    if band == TaskProposal.Band.MEDIUM:
-        return queryset.filter(confidence__gte=MEDIUM_CONFIDENCE, confidence__lte=HIGH_CONFIDENCE)
-    if band == TaskProposal.Band.LOW:
-        return queryset.filter(confidence__lt=MEDIUM_CONFIDENCE)
+    """The proposals of a confidence band, as their runs' thresholds gave it (fixed: high
+    above 0.9, medium 0.7 to 0.9, low below 0.7; or the project's calibrated ones)."""
+    if band in TaskProposal.Band.values:
+        return queryset.filter(band=band)
     return queryset
 
 

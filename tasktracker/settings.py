@@ -225,6 +225,11 @@ CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=30 * 60)
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 60
 if CELERY_TASK_SOFT_TIME_LIMIT <= LLM_TIMEOUT_SECONDS * 4:
     raise ImproperlyConfigured("CELERY_TASK_TIME_LIMIT must leave room for several LLM calls.")
+# Decided reviews (approved or rejected) of an agent's proposals on a project from which its
+# confidence bands are set from what reviewers did (analysis.calibration); fixed bands before.
+CALIBRATION_MIN_REVIEWS = env.int("CALIBRATION_MIN_REVIEWS", default=50)
+if CALIBRATION_MIN_REVIEWS < 1:
+    raise ImproperlyConfigured("CALIBRATION_MIN_REVIEWS must be at least 1.")
 # A batch tried this many times (its worker died each time) is failed, not queued forever.
 ANALYSIS_MAX_BATCH_ATTEMPTS = env.int("ANALYSIS_MAX_BATCH_ATTEMPTS", default=3)
 # A running batch's worker renews its heartbeat every third of this lease while it waits on

@@ -46,7 +46,7 @@ from analysis.services.runs import (
     transition_batches,
 )
 from projects.models import Project
-from proposals.models import TaskProposal
+from proposals.models import Bands, TaskProposal
 from proposals.services import NewProposal, create_proposals
 from sources.models import Chat, Message
 
@@ -606,4 +606,14 @@ def save_proposals(*, run: AnalysisRun, batch: Batch, proposals: Sequence[NewPro
         return []
     project_ids = sorted({proposal.project.pk for proposal in proposals})
     list(Project.objects.select_for_update().filter(pk__in=project_ids).order_by("pk").values_list("pk"))
-    return create_proposals(proposals=proposals, run_id=run.pk, batch_id=batch.pk)
+    return create_proposals(proposals=proposals, run_id=run.pk, batch_id=batch.pk, bands=run_bands(run))
+
+
+def run_bands(run: AnalysisRun) -> dict[int, Bands]:
+    """The band thresholds the run snapshotted per project (analysis.calibration); runs
+    started before they were snapshotted use the fixed ones."""
+    return {
+        p["project_id"]: Bands(high=p["bands"]["high"], low=p["bands"]["low"])
+        for p in run.config_snapshot.get("projects", [])
+        if "bands" in p
+    }

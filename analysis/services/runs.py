@@ -17,11 +17,12 @@ from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
 from agents.models import AgentTaskAssignment
+from analysis.calibration import bands_for, recalibrate
 from analysis.consumers import run_group
 from analysis.models import AnalysisRun, Batch
 from projects.models import Project, ProjectConfig
 from projects.schedules import parse_schedule
-from proposals.models import TaskProposal, confidence_band
+from proposals.models import FIXED_BANDS, TaskProposal, confidence_band
 from sources.models import Chat
 from tasktracker.celery import app as celery_app
 from tasktracker.exceptions import DomainError
@@ -312,7 +313,8 @@ def _minute(moment: datetime) -> str:
 # Starting
 
 
-def _config_snapshot(config: ProjectConfig) -> dict[str, Any]:
+def _config_snapshot(config: ProjectConfig, *, agent_id: int) -> dict[str, Any]:
+    bands = bands_for(config.project, agent_id)
     return {
         "project_id": config.project_id,
         "slug": config.project.slug,
@@ -329,6 +331,8 @@ def _config_snapshot(config: ProjectConfig) -> dict[str, Any]:
         "batch_time_gap_minutes": config.batch_time_gap_minutes,
         "chat_ids": sorted(chat.pk for chat in config.chats.all()),
         "member_names": _member_names(config),
+        # The band thresholds this run's proposals are saved with (analysis.calibration).
+        "bands": {"high": bands.high, "low": bands.low, "calibrated": bands != FIXED_BANDS},
     }
 
 
@@ -394,7 +398,7 @@ def start_run(
         assignment=assignment,
         trigger=trigger,
         started_by=user if user is not None and user.is_authenticated else None,
-        config_snapshot={"projects": [_config_snapshot(c) for c in configs]},
+        config_snapshot={"projects": [_config_snapshot(c, agent_id=assignment.agent_id) for c in configs]},
     )
     run.projects.set(project_ids)
     run.config_versions.set(configs)
@@ -712,8 +716,10 @@ def close_run(*, run_id: int) -> AnalysisRun:
             f"Run {run.pk} still has {pending} pending proposal(s).", code="pending_left", status=409
         )
     counts: dict[str, dict[str, int]] = {}
-    for status_value, confidence in run.proposals.values_list("status", "confidence"):
-        band = counts.setdefault(confidence_band(confidence), {"approved": 0, "rejected": 0, "merged": 0})
+    for status_value, band_name, confidence in run.proposals.values_list("status", "band", "confidence"):
+        band = counts.setdefault(
+            band_name or confidence_band(confidence), {"approved": 0, "rejected": 0, "merged": 0}
+        )
         band[status_value] = band.get(status_value, 0) + 1
 
     def rate(figures: dict[str, int]) -> float | None:
@@ -729,6 +735,11 @@ def close_run(*, run_id: int) -> AnalysisRun:
         },
     }
     transition_run(run_id=run.pk, to=Status.CLOSED, closed_at=timezone.now(), review_stats=stats)
+    # Its reviews now count towards the agent's bands on its projects.
+    agent = run.assignment.agent
+    recalibrate(
+        project_ids=run.projects.values_list("pk", flat=True), agent_id=agent.pk, agent_name=agent.name
+    )
     emit(run.pk, "run_closed")
     run.refresh_from_db()
     return run

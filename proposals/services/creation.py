@@ -15,7 +15,7 @@ from django.db.models import Subquery
 from django.utils import timezone
 
 from projects.models import Project, Task
-from proposals.models import PROPOSAL_FTS, TaskProposal
+from proposals.models import FIXED_BANDS, PROPOSAL_FTS, Bands, TaskProposal, confidence_band
 from sources.models import Message
 
 SIMILAR_TITLE_RATIO = 0.85
@@ -333,11 +333,16 @@ class NewProposal:
     data: ProposalData
     source_messages: Sequence[Message]
     suggested_assignee: User | None = None
+    band: str = ""  # given (a split keeps its proposal's), else from `create_proposals`' bands
 
 
 @transaction.atomic(savepoint=False)  # called inside its batch's transaction: no SAVEPOINT
 def create_proposals(
-    *, proposals: Sequence[NewProposal], run_id: int | None = None, batch_id: int | None = None
+    *,
+    proposals: Sequence[NewProposal],
+    run_id: int | None = None,
+    batch_id: int | None = None,
+    bands: Mapping[int, Bands] | None = None,
 ) -> list[TaskProposal]:
     """Save proposals with their sources, in a constant number of queries. A proposal that
     repeats a live one or a task (one saved before, or one before it in `proposals`) is
@@ -345,7 +350,8 @@ def create_proposals(
     transaction that saves their batch (or the split they come from).
 
     The run and the batch go by id: `proposals` may not import `analysis`, not even for
-    annotations (apps depend one way), and the rows need only the keys."""
+    annotations (apps depend one way), and the rows need only the keys. `bands` gives the
+    band thresholds of a project (its run's snapshot); the fixed ones where it gives none."""
     if not proposals:
         return []
     titles: dict[int, list[str]] = defaultdict(list)
@@ -373,6 +379,7 @@ def create_proposals(
             similar_task_id=similar.task_id if similar else None,
             similarity_score=similar.score if similar else None,
             similarity_kind=similar.kind if similar else "",
+            band=new.band or confidence_band(data.confidence, (bands or {}).get(new.project.pk, FIXED_BANDS)),
         )
         if similar is not None:
             if isinstance(similar.proposal, TaskProposal):

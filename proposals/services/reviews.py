@@ -322,6 +322,7 @@ def split_proposal(*, proposal_id: int, user: User, parts: Sequence[dict[str, An
                 ),
                 source_messages=[sources[pk] for pk in part["source_message_ids"]],
                 suggested_assignee=proposal.suggested_assignee,
+                band=proposal.band,  # the same confidence, in the band its run gave it
             )
             for part in parts
         ],
