@@ -409,6 +409,7 @@ class TaskConfigAdmin(DeletesThroughService):
         "instructions",
         "response_schema",
         ("max_proposals_per_batch", "max_proposals_per_message"),
+        ("review_examples", "review_examples_tokens"),
         "is_active",
         "created_at",
         "updated_at",

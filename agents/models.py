@@ -102,6 +102,10 @@ class Agent(models.Model):
 
 # However a task config is set, one batch's answer makes no more proposals than this.
 MAX_PROPOSALS_PER_BATCH = 20
+# Past review decisions a batch's prompt may show (`review_examples`), and the most tokens
+# they may take (`review_examples_tokens`, taken from the agent's batch budget).
+MAX_REVIEW_EXAMPLES = 10
+MAX_REVIEW_EXAMPLES_TOKENS = 4000
 
 
 class TaskConfig(models.Model):
@@ -127,6 +131,21 @@ class TaskConfig(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(MAX_PROPOSALS_PER_BATCH)],
         help_text="At most this many proposals of one batch may cite the same message.",
     )
+    # Past reviews shown to the model as examples (`proposals.examples`): off by default,
+    # since they cost prompt tokens the batch's messages then do without.
+    review_examples = models.PositiveSmallIntegerField(
+        default=0,
+        validators=[MaxValueValidator(MAX_REVIEW_EXAMPLES)],
+        help_text=f"At most this many past review decisions of the run's projects (approved proposals as "
+        f"edited, rejected ones with their reasons) shown in each batch's prompt, most similar first. "
+        f"0: none. At most {MAX_REVIEW_EXAMPLES}.",
+    )
+    review_examples_tokens = models.PositiveIntegerField(
+        default=400,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_REVIEW_EXAMPLES_TOKENS)],
+        help_text="Prompt tokens the examples may take, out of the agent's batch token budget: batches "
+        "are cut this much smaller when examples are asked for.",
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -144,6 +163,14 @@ class TaskConfig(models.Model):
             models.CheckConstraint(
                 condition=models.Q(max_proposals_per_message__range=(1, MAX_PROPOSALS_PER_BATCH)),
                 name="task_config_message_cap_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(review_examples__range=(0, MAX_REVIEW_EXAMPLES)),
+                name="task_config_review_examples_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(review_examples_tokens__range=(1, MAX_REVIEW_EXAMPLES_TOKENS)),
+                name="task_config_review_examples_tokens_range",
             ),
         ]
 

@@ -100,8 +100,69 @@ def system_prompt(agent: Agent, task_config: TaskConfig) -> str:
     return "\n\n".join(part for part in parts if part)
 
 
-def user_prompt(messages: Sequence[PromptMessage], context: dict[str, Any] | None = None) -> str:
+@dataclass(frozen=True)
+class PromptExample:
+    """A past review decision shown to the model: an approved proposal as the reviewer left
+    it (with the texts it came from), or a rejected one with the reviewer's reason."""
+
+    approved: bool
+    title: str
+    description: str = ""
+    sources: tuple[str, ...] = ()
+    reason: str = ""
+
+
+# Said once, at the head of the section: the examples teach, they are not the batch.
+EXAMPLES_HEAD = (
+    "Past review decisions of this team, to learn what it accepts as a task and why it "
+    "rejects one; they are not messages to extract from."
+)
+# An example quotes at most this many of its sources, each cut to this many characters: one
+# long message must not make an example too big for any budget.
+EXAMPLE_SOURCES = 3
+EXAMPLE_SOURCE_CHARS = 160
+# Example text (reviewers', the LLM's, the chat's) cannot close or open either fence.
+_EXAMPLE_FENCE = re.compile(r"<(/?\s*(?:messages|examples)\s*)>", re.IGNORECASE)
+
+
+def _example_text(text: str, limit: int | None = None) -> str:
+    text = " ".join(text.split())
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    return _EXAMPLE_FENCE.sub(r"‹\1›", text)
+
+
+def render_example(example: PromptExample) -> str:
+    """One example's line: `approved: title — description (from: "source", …)` or
+    `rejected: title — reason: why`."""
+    title = _example_text(example.title)
+    if not example.approved:
+        return f"rejected: {title} — reason: {_example_text(example.reason) or '?'}"
+    line = f"approved: {title}"
+    if description := _example_text(example.description):
+        line += f" — {description}"
+    quoted = [f'"{_example_text(s, EXAMPLE_SOURCE_CHARS)}"' for s in example.sources[:EXAMPLE_SOURCES] if s]
+    return f"{line} (from: {', '.join(quoted)})" if quoted else line
+
+
+def render_examples(examples: Sequence[PromptExample]) -> str:
+    """The `<examples>` section of a user prompt; empty without examples."""
+    if not examples:
+        return ""
+    lines = "\n".join(render_example(example) for example in examples)
+    return f"<examples>\n{EXAMPLES_HEAD}\n{lines}\n</examples>"
+
+
+def user_prompt(
+    messages: Sequence[PromptMessage],
+    context: dict[str, Any] | None = None,
+    examples: Sequence[PromptExample] = (),
+) -> str:
+    """The context (JSON), the examples (`render_examples`, left out when none: the prompt
+    is then as it was before examples existed) and the fenced messages."""
     head = f"Context: {json.dumps(context, ensure_ascii=False, separators=(',', ':'))}\n" if context else ""
+    if examples:
+        head += f"{render_examples(examples)}\n"
     return f"{head}<messages>\n{render_messages(messages)}\n</messages>"
 
 

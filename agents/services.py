@@ -320,6 +320,8 @@ _TASK_CONFIG_FIELDS = frozenset(
         "response_schema",
         "max_proposals_per_batch",
         "max_proposals_per_message",
+        "review_examples",
+        "review_examples_tokens",
         "is_active",
     }
 )

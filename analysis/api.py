@@ -40,6 +40,7 @@ class BatchSerializer(serializers.ModelSerializer):
             "status",
             "message_ids",
             "token_count",
+            "review_example_ids",
             "attempts",
             "error",
             "error_kind",
@@ -59,6 +60,8 @@ class BatchSerializer(serializers.ModelSerializer):
             message_ids="Ids of the messages sent to the LLM, in order; the first may repeat a message of "
             "the batch before, as the parent of a reply.",
             token_count="Tokens of the messages as the prompt renders them (cl100k_base).",  # noqa: S106
+            review_example_ids="Ids of the past reviewed proposals its last prompt showed as examples (the "
+            "task config's `review_examples`), most similar first; empty when none were.",
             attempts="Times a worker took the batch: more than 1 if a worker died holding it; `retry` resets "
             "it.",
             error="Why the batch failed, or why some of its proposals were dropped; empty otherwise.",

@@ -161,6 +161,9 @@ class Batch(UsageFields):
     error_kind = models.CharField(max_length=32, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The past reviewed proposals its last prompt showed as examples (`proposals.examples`):
+    # ids, not a foreign key, so that a deleted proposal leaves the record as it was sent.
+    review_example_ids = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["run", "index"]

@@ -21,10 +21,14 @@ from django.db import connection, transaction
 from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
+from agents.models import Agent, TaskConfig
 from agents.prompts import (
+    PromptExample,
     PromptMessage,
     batch_schema,
+    count_tokens,
     numbered,
+    render_examples,
     schema_asks_for,
     system_prompt,
     user_prompt,
@@ -46,6 +50,7 @@ from analysis.services.runs import (
     transition_batches,
 )
 from projects.models import Project
+from proposals.examples import ReviewExample, select_review_examples
 from proposals.models import Bands, TaskProposal
 from proposals.services import NewProposal, create_proposals
 from sources.models import Chat, Message
@@ -245,6 +250,33 @@ def _save_chunk(
     return True
 
 
+# However many tokens a task config's review examples ask for, a batch's messages keep at
+# least this many of the agent's budget (the agent's smallest allowed budget), or all of
+# it when the budget is smaller still.
+MIN_MESSAGE_TOKENS = 100
+
+
+def message_token_budget(agent: Agent, task_config: TaskConfig) -> int:
+    """The tokens a batch's messages may take: the agent's `batch_token_budget`, less the
+    task config's `review_examples_tokens` when it asks for examples. Clamped rather than
+    refused: the messages keep `MIN_MESSAGE_TOKENS`, and the examples get what is left
+    (`examples_token_budget`), so messages and examples together never exceed the agent's
+    budget."""
+    budget = agent.batch_token_budget
+    if not task_config.review_examples:
+        return budget
+    return max(budget - task_config.review_examples_tokens, min(budget, MIN_MESSAGE_TOKENS))
+
+
+def examples_token_budget(agent: Agent, task_config: TaskConfig, *, message_tokens: int) -> int:
+    """The tokens a batch's examples may take: the task config's `review_examples_tokens`,
+    within what the batch's messages (`message_tokens`, as planned) left of the agent's
+    budget. A batch planned before examples were asked for has little or none left."""
+    if not task_config.review_examples:
+        return 0
+    return max(0, min(task_config.review_examples_tokens, agent.batch_token_budget - message_tokens))
+
+
 def plan_run(
     *,
     run_id: int,
@@ -269,7 +301,7 @@ def plan_run(
     planning = _begin_planning(run_id, on_batches)
     if planning is None or planning.finished:
         return planning.planned if planning is not None else []
-    run = AnalysisRun.objects.select_related("assignment__agent").get(pk=run_id)
+    run = AnalysisRun.objects.select_related("assignment__agent", "assignment__task_config").get(pk=run_id)
     projects = run.config_snapshot.get("projects", [])
     keywords = [k for p in projects for k in p["keywords"]]
     exclude_keywords = [k for p in projects for k in p["exclude_keywords"]]
@@ -277,7 +309,7 @@ def plan_run(
     names = [n for p in projects for n in p.get("member_names", [])]
     gap = min((p["batch_time_gap_minutes"] for p in projects), default=60)
     cutter = BatchCutter(
-        token_budget=run.assignment.agent.batch_token_budget,
+        token_budget=message_token_budget(run.assignment.agent, run.assignment.task_config),
         time_gap=timedelta(minutes=gap),
         open=_open_batch(run, planning.cursor),
         tokens=planning.cursor.get("tokens", 0),
@@ -419,10 +451,14 @@ PROJECT_CONTEXT_FIELDS = (
 )
 
 
-def batch_prompt(*, run: AnalysisRun, messages: Sequence[Message]) -> BatchPrompt:
+def batch_prompt(
+    *, run: AnalysisRun, messages: Sequence[Message], examples: Sequence[ReviewExample] = ()
+) -> BatchPrompt:
     """What the LLM is sent for a batch of `messages` (in order): the agent's and the task
-    config's instructions, the run's projects as context, the messages numbered from 1
-    (`agents.prompts.numbered`). The answer cites those numbers; `numbers` maps them back.
+    config's instructions, the run's projects as context, past review decisions as
+    `examples` (`batch_examples`; none: the prompt has no examples section), the messages
+    numbered from 1 (`agents.prompts.numbered`). The answer cites those numbers; `numbers`
+    maps them back.
 
     The projects are described only to a task config whose answer names a project: a task
     config without one (the small models') gets the messages alone. Measured on the demo
@@ -440,7 +476,42 @@ def batch_prompt(*, run: AnalysisRun, messages: Sequence[Message]) -> BatchPromp
         else None
     )
     lines, numbers = numbered([m.prompt() for m in to_pipeline(messages)])
-    return BatchPrompt(system_prompt(agent, task_config), user_prompt(lines, context), lines, numbers)
+    shown = [prompt_example(example) for example in examples]
+    return BatchPrompt(system_prompt(agent, task_config), user_prompt(lines, context, shown), lines, numbers)
+
+
+def prompt_example(example: ReviewExample) -> PromptExample:
+    return PromptExample(
+        approved=example.approved,
+        title=example.title,
+        description=example.description,
+        sources=example.sources,
+        reason=example.reason,
+    )
+
+
+def _examples_tokens(examples: Sequence[ReviewExample]) -> int:
+    # The section and the line break that follows it in the user prompt.
+    return count_tokens(render_examples([prompt_example(e) for e in examples]) + "\n")
+
+
+def batch_examples(*, run: AnalysisRun, batch: Batch, messages: Sequence[Message]) -> list[ReviewExample]:
+    """The past review decisions a batch's prompt shows (`proposals.examples`): at most the
+    task config's `review_examples`, of the run's projects, other runs' only, most similar
+    to the batch first, within `examples_token_budget` as the prompt renders them."""
+    agent, task_config = run.assignment.agent, run.assignment.task_config
+    budget = examples_token_budget(agent, task_config, message_tokens=batch.token_count)
+    if not budget:
+        return []
+    return select_review_examples(
+        project_ids=[p["project_id"] for p in run.config_snapshot.get("projects", [])],
+        chat_ids={m.chat_id for m in messages},
+        texts=[m.text for m in messages],
+        exclude_run_id=run.pk,
+        limit=task_config.review_examples,
+        budget=budget,
+        cost=_examples_tokens,
+    )
 
 
 def process_batch(*, batch_id: int, claim_id: str) -> None:
@@ -455,7 +526,12 @@ def process_batch(*, batch_id: int, claim_id: str) -> None:
     messages = {
         m.pk: m for m in Message.objects.filter(pk__in=batch.message_ids).order_by().only(*PROMPT_FIELDS)
     }
-    prompt = batch_prompt(run=run, messages=[messages[pk] for pk in batch.message_ids if pk in messages])
+    ordered = [messages[pk] for pk in batch.message_ids if pk in messages]
+    examples = batch_examples(run=run, batch=batch, messages=ordered)
+    if examples or batch.review_example_ids:
+        # Recorded as sent, before the call: a retry that sends others replaces them.
+        _held(batch=batch, claim_id=claim_id).update(review_example_ids=[e.id for e in examples])
+    prompt = batch_prompt(run=run, messages=ordered, examples=examples)
     from agents.llm import complete_json  # the openai SDK, where a call is made (agents.usage)
 
     try:

@@ -53,6 +53,8 @@ def task_config_in(**overrides: Any) -> dict[str, Any]:
         "instructions": "List chores.",
         "response_schema": SCHEMA,
         "max_proposals_per_message": 2,
+        "review_examples": 0,
+        "review_examples_tokens": 400,
         "is_active": True,
         **overrides,
     }
