@@ -36,6 +36,10 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 RUNSERVER = sys.argv[1:2] == ["runserver"]
 
 INSTALLED_APPS = [
+    # ServeStatic's app (see MIDDLEWARE): its system checks, and a `runserver` that leaves
+    # static files to the middleware, as the servers do, around the next `runserver` below it
+    # (Daphne's). First, so that its `runserver` is the one found.
+    "servestatic",
     *(["daphne"] if RUNSERVER else []),
     # The admin's modules are found by the URLconf (`tasktracker/urls.py`), not when Django
     # starts: they import every app's services and forms, which commands and workers that
