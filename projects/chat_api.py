@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from django.db.models import QuerySet
+from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, permissions, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ParseError, PermissionDenied
+from rest_framework.filters import OrderingFilter
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -36,6 +38,7 @@ from sources.api import (
     read_bulk,
 )
 from sources.models import Chat, Message
+from sources.search import COUNT_CAP, CappedCountPagination, MessageSearchFilter
 from sources.selectors import chat_detail, chat_list, message_detail, message_list
 from sources.services import BULK_MAX_MESSAGES, ingest_messages, update_chat
 
@@ -120,8 +123,9 @@ class ChatViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         summary="List messages",
         description="Messages of the chats you see (the chats the current configuration of a project you "
         "are on reads; all for staff), oldest first. Filter by `chat` (or `chat_telegram_id`), `author_id` "
-        "and a time window (`sent_after` inclusive, `sent_before` exclusive); `search` looks in the text; "
-        "`ordering=-sent_at` gives newest first.",
+        "and a time window (`sent_after` inclusive, `sent_before` exclusive); `search` finds words of the "
+        "text by their start (see the parameter); `ordering=-sent_at` gives newest first. Pages count at "
+        f"most {COUNT_CAP:,} messages: `count_is_capped` says when more match.",
     ),
     retrieve=extend_schema(
         summary="Get a message with its edit history",
@@ -134,7 +138,10 @@ class ChatViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
 )
 class MessageViewSet(viewsets.ReadOnlyModelViewSet):
     permission_classes = [permissions.IsAuthenticated]
+    filter_backends = [DjangoFilterBackend, OrderingFilter, MessageSearchFilter]
+    pagination_class = CappedCountPagination
     filterset_class = MessageFilter
+    # Searched by the word index (MessageSearchFilter); named for the browsable API's search box.
     search_fields = ["text"]
     ordering_fields = ["sent_at", "id"]
     lookup_value_regex = r"\d+"
