@@ -14,6 +14,7 @@ import pytest
 from channels.layers import channel_layers
 from django.conf import settings
 from django.db import connection
+from django.test import override_settings
 from servestatic.middleware import ServeStaticMiddleware
 
 from tasktracker.celery import app as celery_app
@@ -99,6 +100,24 @@ def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[N
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                     " WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 )
+
+
+# The tests' password hasher: MD5, first, hashes every password a test sets. Django's
+# default PBKDF2 (a million rounds, on purpose) took most of a second per user under CI's
+# load, paid by each `admin_user`/`admin_client` and `create_user(password=...)`: minutes
+# over the suite. PBKDF2 stays second, so a hash made by a process with the default
+# settings still checks. A process started by the tests that checks passwords made here
+# needs the same list (tests/browser/conftest.py's FreshDaphneProcess).
+TEST_PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.MD5PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fast_password_hashing() -> Iterator[None]:
+    with override_settings(PASSWORD_HASHERS=TEST_PASSWORD_HASHERS):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -30,7 +30,7 @@ from daphne.testing import DaphneProcess
 from django.conf import settings
 from django.db import connections
 from django.test.utils import setup_test_environment
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -46,31 +46,42 @@ TIMEOUT_MS = 15_000
 SPAWN = multiprocessing.get_context("spawn")
 
 
-@pytest.fixture
-def browser_page(monkeypatch: pytest.MonkeyPatch) -> Iterator[Page]:
-    """A fresh page in a fresh browser context (no cookies), in headless chromium.
+@pytest.fixture(scope="module")
+def chromium_browser() -> Iterator[Browser]:
+    """Headless chromium, one for a module's tests: each test gets a context of its own.
 
     Playwright's sync API keeps an event loop running in this thread, and Django refuses
-    ORM calls from a thread with a running loop; the test's own ORM calls are plain sync
-    code, so they are allowed for as long as the browser lives (and no longer: the
-    browser is started and stopped per test, so other tests keep Django's check).
+    ORM calls from a thread with a running loop; the tests' own ORM calls and the database
+    set-up and flushes around them are plain sync code, so they are allowed for as long as
+    the browser lives (and no longer: it stops with the module, so other modules' tests,
+    async ones among them, keep Django's check and a thread with no loop running).
     """
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium).")
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     # An event loop left by an earlier async test closes its channel layer when collected,
     # by running the layer's flush on itself, which it cannot do while Playwright's loop
     # runs in this thread (an "Exception ignored" warning): collected now, it can.
     gc.collect()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context()
-        context.set_default_timeout(TIMEOUT_MS)
-        try:
-            yield context.new_page()
-        finally:
-            context.close()
-            browser.close()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                yield browser
+            finally:
+                browser.close()
+
+
+@pytest.fixture
+def browser_page(chromium_browser: Browser) -> Iterator[Page]:
+    """A fresh page in a fresh browser context (no cookies, no storage, the default
+    viewport), in the module's chromium."""
+    context = chromium_browser.new_context()
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 def login(
@@ -104,8 +115,9 @@ class FreshDaphneProcess(DaphneProcess):
     tests committed (a user it was just given could not sign in). It also inherited
     asgiref's executor without its thread and the channel layer's Redis connections.
 
-    A spawned child sets Django up itself, so it is told the test database's name, and the
-    test environment (no real e-mail) is set up there as pytest-django set it up here.
+    A spawned child sets Django up itself, so it is told the test database's name and the
+    password hashers, and the test environment (no real e-mail) is set up there as
+    pytest-django set it up here.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -115,6 +127,8 @@ class FreshDaphneProcess(DaphneProcess):
         self.ready = SPAWN.Event()
         self.errors = SPAWN.Queue()
         self.database_names = {alias: connections[alias].settings_dict["NAME"] for alias in connections}
+        # The tests' fast hasher (conftest.py), or a user the tests made could not sign in.
+        self.password_hashers = list(settings.PASSWORD_HASHERS)
 
     @staticmethod
     def _Popen(process: BaseProcess) -> Any:
@@ -124,6 +138,7 @@ class FreshDaphneProcess(DaphneProcess):
         for alias, name in self.database_names.items():
             settings.DATABASES[alias]["NAME"] = name
             settings.DATABASES[alias].setdefault("TEST", {})["NAME"] = name  # Channels' setup reads it
+        settings.PASSWORD_HASHERS = self.password_hashers
         django.setup()
         setup_test_environment(debug=False)
         super().run()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+POLL_SECONDS = 0.05
 REFUSED_KEY = "refused-key"
 REFUSED_KEY_ERROR = {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}
 
@@ -88,7 +89,11 @@ class FakeOpenAI:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # `stop` waits for the serving loop to see the shutdown: at the default half-second
+        # poll that was up to 0.5 s at the end of every test that used a fake.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": POLL_SECONDS}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:

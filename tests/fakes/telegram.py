@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 BOT_ID = 424242
+POLL_SECONDS = 0.05
 
 
 class FakeBotAPI:
@@ -20,7 +21,10 @@ class FakeBotAPI:
         self.webhook: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # `stop` waits for the serving loop to see the shutdown (half a second at the default).
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": POLL_SECONDS}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:

@@ -34,9 +34,13 @@ def get(url: str) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
-@pytest.fixture
-def server() -> Iterator[str]:
-    """uvicorn on a free port, on the test database and the tests' Redis; its base URL."""
+@pytest.fixture(scope="module")
+def server(django_db_setup: None) -> Iterator[str]:
+    """uvicorn on a free port, on the test database and the tests' Redis; its base URL.
+
+    One server for the module: its start (two worker processes importing Django) cost more
+    than either test. The tests share no rows through it: each commits its own, and the
+    flush after a test empties the tables the server reads."""
     port = free_port()
     env = {
         **os.environ,

@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from channels_redis.core import RedisChannelLayer
 from django.contrib.auth import get_user_model
 from django.db import connections
 from django.test import Client
@@ -113,13 +114,17 @@ async def test_a_foreign_origin_is_refused() -> None:
     assert not connected
 
 
-IDLE_SECONDS = 60
+# Four of channels-redis's 5 s blocking reads (`RedisChannelLayer.brpop_timeout`): each one
+# crashed an idle consumer while redis-py's read timeout equalled it. The other timers on
+# the path are far longer (TCP keepalive, the layer's day-long group expiry): a minute's
+# wait would not reach them either.
+IDLE_SECONDS = 4 * RedisChannelLayer.brpop_timeout
 
 
-async def test_idle_sockets_stay_open_and_still_receive_events_after_a_minute() -> None:
+async def test_idle_sockets_stay_open_and_still_receive_events_over_several_blocking_reads() -> None:
     # A consumer waits for events in a BZPOPMIN that channels-redis blocks for 5 s; with
     # redis-py 8's default 5 s read timeout every idle consumer crashed after about 5 s.
-    # Both sockets idle at once, so the minute is spent once.
+    # Both sockets idle at once, so the wait is spent once.
     run, project_id, session = await sync_to_async(make_run_led_by)("lead")
     run_socket, run_connected, _ = await open_socket(f"/ws/runs/{run.pk}/", session)
     queue_socket, queue_connected, _ = await open_socket("/ws/review/", session)
@@ -130,7 +135,7 @@ async def test_idle_sockets_stay_open_and_still_receive_events_after_a_minute() 
         run_socket.receive_nothing(timeout=IDLE_SECONDS, interval=0.5),
         queue_socket.receive_nothing(timeout=IDLE_SECONDS, interval=0.5),
     )
-    assert idle == [True, True]  # no close and no stray frame in a minute
+    assert idle == [True, True]  # no close and no stray frame while idle
     # A consumer that crashed meanwhile raises its error here (receive_nothing checks first).
     assert await run_socket.receive_nothing()
     assert await queue_socket.receive_nothing()

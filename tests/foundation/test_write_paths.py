@@ -194,6 +194,8 @@ def task_config_in(name: str) -> dict[str, Any]:
         "response_schema": SCHEMA,
         "max_proposals_per_batch": 10,
         "max_proposals_per_message": 2,
+        "review_examples": 2,
+        "review_examples_tokens": 300,
     }
 
 
@@ -433,6 +435,7 @@ def test_the_project_admin_changes_through_update_project(admin_client: Client) 
         "slug": "web-2",
         "is_active": True,
         "default_assignee_id": None,
+        "band_calibration": {},
     }
 
 

@@ -15,7 +15,13 @@ import pytest
 from django.db import connection, transaction
 
 from sources.models import Chat, Message, MessageEdit
-from sources.services import IMPORT_CHUNK_SIZE, MessageData, import_telegram_export, upsert_messages
+from sources.services import (
+    IMPORT_CHUNK_SIZE,
+    MessageData,
+    export_import,
+    import_telegram_export,
+    upsert_messages,
+)
 from tasktracker.exceptions import DomainError
 from tests.factories import ChatFactory
 from tests.sources.test_import_export import chat_export, message
@@ -141,8 +147,15 @@ def test_a_chat_without_messages_after_one_with_messages_is_registered_too(tmp_p
 
 
 @pytest.mark.django_db(transaction=True)
-def test_chunks_committed_on_their_own_are_all_stored_and_counted(tmp_path: Path) -> None:
-    count = 2 * IMPORT_CHUNK_SIZE + 3
+def test_chunks_committed_on_their_own_are_all_stored_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small chunks: what is counted across chunks does not depend on their size, and 20,000
+    # messages imported twice took seconds. Full chunks are written by the progress test
+    # below and by tests/sources/test_import_export.py.
+    chunk = 50
+    monkeypatch.setattr(export_import, "IMPORT_CHUNK_SIZE", chunk)
+    count = 2 * chunk + 3
     path = tmp_path / "result.json"
     path.write_text(json.dumps(chat_export([message(i, f"message {i}") for i in range(1, count + 1)])))
     seen: list[int] = []
@@ -150,7 +163,7 @@ def test_chunks_committed_on_their_own_are_all_stored_and_counted(tmp_path: Path
     result = import_telegram_export(path_or_file=path, progress=lambda r: seen.append(r.created))
     again = import_telegram_export(path_or_file=path)
 
-    assert seen == [IMPORT_CHUNK_SIZE, 2 * IMPORT_CHUNK_SIZE, count]
+    assert seen == [chunk, 2 * chunk, count]
     assert (result.created, again.unchanged) == (count, count)
     assert Message.objects.count() == count
 
