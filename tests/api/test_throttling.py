@@ -9,7 +9,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 from rest_framework.throttling import SimpleRateThrottle
 
-from tasktracker.throttling import redis_client_for
+from tasktracker.throttling import redis_client
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -66,4 +66,4 @@ def test_refused_requests_do_not_use_up_the_window(users: list[AbstractBaseUser]
 
     # Two accepted requests in the window, whatever was refused after them.
     key = cache.make_key(f"throttle_user_{users[0].pk}")
-    assert redis_client_for(key).zcard(key) == 2
+    assert redis_client().zcard(key) == 2

@@ -104,3 +104,28 @@ def test_a_review_queue_socket_through_the_server_receives_a_group_event(server:
         event = json.loads(socket.recv(timeout=10))
 
     assert event == {"event": "proposal_reviewed", "seq": 1, "data": {"id": 1, "status": "approved"}}
+
+
+def test_api_requests_share_the_processes_redis_connections(server: str) -> None:
+    """The throttles keep their windows in Redis on every API request: one connection pool per
+    process serves them, not a connection per request (Django's cache object is made anew
+    in each ASGI request's context)."""
+    import redis
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.create(user=UserFactory()).key
+    stats = redis.Redis.from_url(settings.REDIS_URL)
+
+    def api_get() -> int:
+        request = urllib.request.Request(
+            f"{server}/api/v1/projects/", headers={"Authorization": f"Token {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+
+    assert {api_get() for _ in range(4)} == {200}  # each worker has connected by now, or soon
+    before = stats.info("stats")["total_connections_received"]
+    assert {api_get() for _ in range(12)} == {200}
+    after = stats.info("stats")["total_connections_received"]
+
+    assert after - before <= WORKERS
