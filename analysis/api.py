@@ -151,8 +151,9 @@ class RunSerializer(serializers.ModelSerializer):
             llm_seconds="Seconds spent inside LLM calls, summed over the batches.",
             cost="Cost of the calls at the provider's prices per 1,000 tokens, summed over the batches.",
             error="Why the run failed; empty otherwise.",
-            review_stats="Set on close: approved, rejected and merged counts and the approval rate, overall "
-            "and per confidence band (`bands`); empty before.",
+            review_stats="Set on close: approved (of which `auto_approved` by the project's auto-approval "
+            "rule), rejected and merged counts and the approval rate, overall and per confidence band "
+            "(`bands`); empty before.",
             event_seq="Number of the last event sent on /ws/runs/{id}/; events with a higher `seq` are "
             "newer.",
             created_at="When the run was requested.",

@@ -35,7 +35,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from projects.models import Project
-from proposals.models import FIXED_BANDS, Bands, TaskProposal, confidence_band
+from proposals.models import FIXED_BANDS, Bands, ReviewEvent, TaskProposal, confidence_band
 
 HIGH_APPROVAL = 0.9
 LOW_APPROVAL = 0.5
@@ -154,8 +154,8 @@ def calibration(reviews: Sequence[Review], *, minimum: int) -> dict[str, object]
 
 
 def decided_reviews(*, project_id: int, agent_id: int) -> list[Review]:
-    """The newest `MAX_REVIEWS` approved or rejected proposals of the project's closed runs
-    by the agent."""
+    """The newest `MAX_REVIEWS` proposals of the project's closed runs by the agent that a
+    reviewer approved or rejected (not the system's auto-approvals)."""
     rows = (
         TaskProposal.objects.filter(
             project_id=project_id,
@@ -163,6 +163,8 @@ def decided_reviews(*, project_id: int, agent_id: int) -> list[Review]:
             run__status="closed",
             status__in=[TaskProposal.Status.APPROVED, TaskProposal.Status.REJECTED],
         )
+        # The system's own approvals say nothing of what reviewers think (proposals.services.auto).
+        .exclude(review_action=ReviewEvent.Action.AUTO_APPROVE)
         .order_by("-reviewed_at", "-pk")
         .values_list("confidence", "status")[:MAX_REVIEWS]
     )

@@ -30,7 +30,10 @@ from projects.selectors import (
     tasks_visible_to,
 )
 from projects.services import (
+    AUTO_APPROVE_BANDS,
     MAX_BATCH_TIME_GAP_MINUTES,
+    MIN_AUTO_APPROVE_RATE,
+    MIN_AUTO_APPROVE_REVIEWS,
     UNSET,
     bump_config,
     create_project,
@@ -57,6 +60,18 @@ ROLE_HELP = (
 BATCH_TIME_GAP_HELP = (
     "A pause in the chat longer than this many minutes starts a new batch, unless the message replies "
     "into the current one."
+)
+AUTO_APPROVE_BAND_HELP = (
+    "Auto-approval: new-task proposals of this band (high or medium) that repeat no proposal or task are "
+    "approved by the system while reviewers' record in the band allows it; empty for off (the default)."
+)
+AUTO_APPROVE_MIN_RATE_HELP = (
+    "Auto-approval runs while reviewers approved at least this share (0.5 to 1) of the band's last "
+    "`auto_approve_min_reviews` reviews."
+)
+AUTO_APPROVE_MIN_REVIEWS_HELP = (
+    "How many of the band's last reviews by people (of this project and agent) the approval rate is taken "
+    "over; auto-approval waits until there are this many (at least 10)."
 )
 
 
@@ -131,6 +146,9 @@ class ConfigSerializer(serializers.ModelSerializer):
             "default_assignee",
             "batch_time_gap_minutes",
             "schedule",
+            "auto_approve_band",
+            "auto_approve_min_rate",
+            "auto_approve_min_reviews",
             "author",
             "change_summary",
             "created_at",
@@ -148,6 +166,9 @@ class ConfigSerializer(serializers.ModelSerializer):
             exclude_keywords=EXCLUDE_KEYWORDS_HELP,
             priority_rules=PRIORITY_RULES_HELP,
             batch_time_gap_minutes=BATCH_TIME_GAP_HELP,
+            auto_approve_band=AUTO_APPROVE_BAND_HELP,
+            auto_approve_min_rate=AUTO_APPROVE_MIN_RATE_HELP,
+            auto_approve_min_reviews=AUTO_APPROVE_MIN_REVIEWS_HELP,
             change_summary="What the author said changed in this version; may be empty.",
             created_at="When this version was saved.",
         )
@@ -338,6 +359,15 @@ class ConfigChangesSerializer(serializers.Serializer):
     )
     schedule = serializers.CharField(
         max_length=64, allow_blank=True, required=False, help_text="Five-field cron expression, or empty."
+    )
+    auto_approve_band = serializers.ChoiceField(
+        choices=["", *AUTO_APPROVE_BANDS], allow_blank=True, required=False, help_text=AUTO_APPROVE_BAND_HELP
+    )
+    auto_approve_min_rate = serializers.FloatField(
+        min_value=MIN_AUTO_APPROVE_RATE, max_value=1, required=False, help_text=AUTO_APPROVE_MIN_RATE_HELP
+    )
+    auto_approve_min_reviews = serializers.IntegerField(
+        min_value=MIN_AUTO_APPROVE_REVIEWS, required=False, help_text=AUTO_APPROVE_MIN_REVIEWS_HELP
     )
     summary = serializers.CharField(
         max_length=500,

@@ -18,7 +18,10 @@ from django.http import QueryDict
 from projects.models import Project, ProjectConfig, ProjectMembership, Task
 from projects.selectors import chat_choices, editable_state
 from projects.services import (
+    AUTO_APPROVE_BANDS,
     MAX_BATCH_TIME_GAP_MINUTES,
+    MIN_AUTO_APPROVE_RATE,
+    MIN_AUTO_APPROVE_REVIEWS,
     clean_keywords,
     clean_language,
     clean_schedule,
@@ -113,6 +116,24 @@ class ProjectConfigForm(forms.Form):
         required=False,
         help_text="Cron expression for scheduled runs (minute hour day month weekday), "
         "e.g. 0 9 * * 1-5; empty for none.",
+    )
+    auto_approve_band = forms.ChoiceField(
+        choices=[("", "Off"), *((band, band.capitalize()) for band in AUTO_APPROVE_BANDS)],
+        required=False,
+        label="Auto-approve band",
+        help_text="Approve new-task proposals of this band that repeat nothing, while reviewers' "
+        "record in the band allows it (below).",
+    )
+    auto_approve_min_rate = forms.FloatField(
+        min_value=MIN_AUTO_APPROVE_RATE,
+        max_value=1,
+        label="Auto-approve minimum approval rate",
+        help_text="The share of the band's last reviews that reviewers approved, from 0.5 to 1.",
+    )
+    auto_approve_min_reviews = forms.IntegerField(
+        min_value=MIN_AUTO_APPROVE_REVIEWS,
+        label="Auto-approve over the last reviews",
+        help_text="How many of the band's last reviews by people the rate is taken over (at least 10).",
     )
     summary = forms.CharField(
         max_length=500,
@@ -253,6 +274,9 @@ class ConfigEditor:
                 "default_assignee": state["default_assignee"],
                 "batch_time_gap_minutes": state["batch_time_gap_minutes"],
                 "schedule": state["schedule"],
+                "auto_approve_band": state["auto_approve_band"],
+                "auto_approve_min_rate": state["auto_approve_min_rate"],
+                "auto_approve_min_reviews": state["auto_approve_min_reviews"],
                 "base_version": config.version if config is not None else "",
             },
         )
@@ -304,6 +328,9 @@ class ConfigEditor:
             "default_assignee": data["default_assignee"],
             "batch_time_gap_minutes": data["batch_time_gap_minutes"],
             "schedule": data["schedule"],
+            "auto_approve_band": data["auto_approve_band"],
+            "auto_approve_min_rate": data["auto_approve_min_rate"],
+            "auto_approve_min_reviews": data["auto_approve_min_reviews"],
             "glossary": self.glossary.rows(),
             "components": self.components.rows(),
             "priority_rules": self.priority_rules.rows(),

@@ -90,6 +90,15 @@ class ProjectConfig(models.Model):
     )
     default_assignee_id_snapshot = models.BigIntegerField(null=True, blank=True)
     batch_time_gap_minutes = models.PositiveIntegerField(default=60)
+    # Auto-approval (proposals.services.auto): off while the band is empty.
+    auto_approve_band = models.CharField(
+        max_length=8,
+        blank=True,
+        default="",
+        help_text="Auto-approve new-task proposals of this band (high or medium); empty for off.",
+    )
+    auto_approve_min_rate = models.FloatField(default=0.95)
+    auto_approve_min_reviews = models.PositiveIntegerField(default=50)
     schedule = models.CharField(
         max_length=64, blank=True, help_text="Cron expression for scheduled runs; empty for none."
     )
@@ -107,6 +116,14 @@ class ProjectConfig(models.Model):
             ),
             models.UniqueConstraint(
                 fields=["project"], condition=models.Q(is_current=True), name="config_one_current"
+            ),
+            # projects.services.clean_config's bounds of the auto-approval rule.
+            models.CheckConstraint(
+                condition=models.Q(auto_approve_band__in=["", "high", "medium"])
+                & models.Q(auto_approve_min_rate__gte=0.5)
+                & models.Q(auto_approve_min_rate__lte=1)
+                & models.Q(auto_approve_min_reviews__gte=10),
+                name="config_auto_approve_valid",
             ),
         ]
 

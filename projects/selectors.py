@@ -36,6 +36,9 @@ class ConfigState(TypedDict):
     default_assignee: int | None
     batch_time_gap_minutes: int
     schedule: str
+    auto_approve_band: str
+    auto_approve_min_rate: float
+    auto_approve_min_reviews: int
 
 
 CONFIG_FIELDS: tuple[str, ...] = tuple(ConfigState.__annotations__)
@@ -53,6 +56,9 @@ FIELD_LABELS: dict[str, str] = {
     "default_assignee": "Default assignee",
     "batch_time_gap_minutes": "Batch time gap (minutes)",
     "schedule": "Schedule",
+    "auto_approve_band": "Auto-approve band",
+    "auto_approve_min_rate": "Auto-approve minimum approval rate",
+    "auto_approve_min_reviews": "Auto-approve minimum reviews",
 }
 
 
@@ -71,6 +77,9 @@ def default_state() -> ConfigState:
         default_assignee=None,
         batch_time_gap_minutes=60,
         schedule="",
+        auto_approve_band="",
+        auto_approve_min_rate=0.95,
+        auto_approve_min_reviews=50,
     )
 
 
@@ -94,6 +103,9 @@ def config_state(config: ProjectConfig) -> ConfigState:
         default_assignee=config.default_assignee_id_snapshot,
         batch_time_gap_minutes=config.batch_time_gap_minutes,
         schedule=config.schedule,
+        auto_approve_band=config.auto_approve_band,
+        auto_approve_min_rate=config.auto_approve_min_rate,
+        auto_approve_min_reviews=config.auto_approve_min_reviews,
     )
 
 

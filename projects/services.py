@@ -42,11 +42,17 @@ logger = logging.getLogger(__name__)
 MAJOR_FIELDS = frozenset({"chats", "team"})
 # ...what the analysis looks for...
 MINOR_FIELDS = frozenset({"keywords", "exclude_keywords", "glossary", "components", "priority_rules"})
-# ...and everything else (description, language, default assignee, batch time gap, schedule).
+# ...and everything else (description, language, default assignee, batch time gap, schedule,
+# the auto-approval rule).
 PATCH_FIELDS = frozenset(CONFIG_FIELDS) - MAJOR_FIELDS - MINOR_FIELDS
 
 MAX_KEYWORD_LENGTH = 100
 MAX_BATCH_TIME_GAP_MINUTES = 7 * 24 * 60
+# The auto-approval rule (proposals.services.auto): the bands it may take ("" is off), and
+# the least it may ask of reviewers' record.
+AUTO_APPROVE_BANDS = ("high", "medium")
+MIN_AUTO_APPROVE_RATE = 0.5
+MIN_AUTO_APPROVE_REVIEWS = 10
 # `projects/new/` is the page that creates a project.
 RESERVED_SLUGS = frozenset({"new"})
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$")
@@ -131,6 +137,37 @@ def clean_batch_time_gap(value: Any) -> int:
         raise _invalid(
             "batch_time_gap_minutes",
             f"The batch time gap must be between 1 and {MAX_BATCH_TIME_GAP_MINUTES} minutes (a week).",
+        )
+    return value
+
+
+def clean_auto_approve_band(value: Any) -> str:
+    band = _text(value, "auto_approve_band").lower()
+    if band and band not in AUTO_APPROVE_BANDS:
+        raise _invalid(
+            "auto_approve_band", f"“{band}” is not a band auto-approval may take; use high, medium or none."
+        )
+    return band
+
+
+def clean_auto_approve_min_rate(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _invalid("auto_approve_min_rate", "The minimum approval rate must be a number.")
+    if not MIN_AUTO_APPROVE_RATE <= value <= 1:
+        raise _invalid(
+            "auto_approve_min_rate",
+            f"The minimum approval rate must be between {MIN_AUTO_APPROVE_RATE} and 1.",
+        )
+    return float(value)
+
+
+def clean_auto_approve_min_reviews(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _invalid("auto_approve_min_reviews", "The minimum number of reviews must be a whole number.")
+    if value < MIN_AUTO_APPROVE_REVIEWS:
+        raise _invalid(
+            "auto_approve_min_reviews",
+            f"Auto-approval needs at least {MIN_AUTO_APPROVE_REVIEWS} reviews to go by.",
         )
     return value
 
@@ -252,6 +289,9 @@ def clean_config(state: Mapping[str, Any]) -> ConfigState:
         default_assignee=clean_default_assignee(state["default_assignee"], team),
         batch_time_gap_minutes=clean_batch_time_gap(state["batch_time_gap_minutes"]),
         schedule=clean_schedule(state["schedule"]),
+        auto_approve_band=clean_auto_approve_band(state["auto_approve_band"]),
+        auto_approve_min_rate=clean_auto_approve_min_rate(state["auto_approve_min_rate"]),
+        auto_approve_min_reviews=clean_auto_approve_min_reviews(state["auto_approve_min_reviews"]),
     )
 
 
@@ -321,7 +361,7 @@ def bump_config(
     - **minor** (1.1.0) when what the analysis looks for changes: `keywords`,
       `exclude_keywords`, `glossary`, `components`, `priority_rules`;
     - **patch** (1.0.1) for any other edit: `description`, `language`, `default_assignee`,
-      `batch_time_gap_minutes`, `schedule`.
+      `batch_time_gap_minutes`, `schedule`, the `auto_approve_*` rule.
     The biggest change wins; the version counts up from the project's highest one. A
     project without any version gets 1.0.0.
 
@@ -378,6 +418,9 @@ def bump_config(
         default_assignee_id_snapshot=new["default_assignee"],
         batch_time_gap_minutes=new["batch_time_gap_minutes"],
         schedule=new["schedule"],
+        auto_approve_band=new["auto_approve_band"],
+        auto_approve_min_rate=new["auto_approve_min_rate"],
+        auto_approve_min_reviews=new["auto_approve_min_reviews"],
         author=user if user is not None and user.is_authenticated else None,
         change_summary=_summary(changed, summary) if current is not None else (summary or "First version."),
     )
@@ -594,7 +637,7 @@ def create_task(
     *,
     project: Project,
     title: str,
-    created_by: User,
+    created_by: User | None,
     description: str = "",
     assignee: User | None = None,
     priority: str = Task.Priority.MEDIUM,
@@ -604,10 +647,12 @@ def create_task(
 ) -> Task:
     """Create an open task of `project`, e.g. the task an approved proposal becomes.
 
-    `created_by` must be on the project's team (or staff: `access.Action.CHANGE_TASKS`);
-    its title, priority and category are checked (`_check_task_details`). The assignee is
-    taken as given (an approval keeps the proposal's suggestion)."""
-    _check_may_change_tasks(created_by, project.pk)
+    `created_by` must be on the project's team (or staff: `access.Action.CHANGE_TASKS`), or
+    None for the system (an auto-approval, `proposals.services.auto`); its title, priority
+    and category are checked (`_check_task_details`). The assignee is taken as given (an
+    approval keeps the proposal's suggestion)."""
+    if created_by is not None:
+        _check_may_change_tasks(created_by, project.pk)
     _check_task_details(title=title, priority=priority, category=category)
     task = Task.objects.create(
         project=project,
@@ -620,7 +665,7 @@ def create_task(
         due_date=due_date,
         created_by=created_by,
     )
-    logger.info("%s created task %s in %s", created_by, task.pk, project)
+    logger.info("%s created task %s in %s", created_by or "The system", task.pk, project)
     return task
 
 

@@ -12,7 +12,7 @@ pages and in the admin.
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import filters as drf_filters
@@ -149,6 +149,11 @@ class ProposalSerializer(serializers.ModelSerializer):
         help_text="The reviewer's username, or null.",
     )
     source_messages = SourceMessageSerializer(many=True, read_only=True, help_text="Oldest first.")
+    auto_approved = serializers.BooleanField(
+        read_only=True,
+        help_text="Whether the system approved it under the project's auto-approval rule (and no reviewer "
+        "has reviewed it since); the note says by which record.",
+    )
 
     class Meta:
         model = TaskProposal
@@ -179,6 +184,7 @@ class ProposalSerializer(serializers.ModelSerializer):
             "reviewed_at",
             "review_action",
             "review_note",
+            "auto_approved",
             "task",
             "merged_into",
             "source_messages",
@@ -206,10 +212,10 @@ class ProposalSerializer(serializers.ModelSerializer):
             status="Where the review stands; merged means folded into another proposal (`merged_into`).",
             reviewer="User id of who last approved, rejected or merged it; null if nobody has.",
             reviewed_at="When it was last approved, rejected or merged; null if it never was.",
-            review_action="The last review action: approve, add_to_task, reject, merge, split, "
-            "mark_duplicate, undo or reopen; empty before any.",
-            review_note="The reason of a rejection, or which proposals a merge, split or duplicate involved; "
-            "may be empty.",
+            review_action="The last review action: approve, auto_approve (by the system), add_to_task, "
+            "reject, merge, split, mark_duplicate, undo or reopen; empty before any.",
+            review_note="The reason of a rejection, why the system auto-approved it, or which proposals a "
+            "merge, split or duplicate involved; may be empty.",
             merged_into="Id of the proposal it was merged into (by a merge, split or duplicate); null "
             "otherwise.",
             created_at="When the LLM's proposal was saved.",
@@ -366,9 +372,22 @@ class ProposalFilter(filters.FilterSet):
         "`calibration`).",
     )
 
+    auto_approved = filters.BooleanFilter(
+        method="filter_auto_approved",
+        help_text="true: only proposals the system approved (auto-approval); false: all others.",
+    )
+
     class Meta:
         model = TaskProposal
         fields = ["status", "project", "run", "band", "recommendation"]
+
+    def filter_auto_approved(
+        self, queryset: QuerySet[TaskProposal], name: str, value: bool | None
+    ) -> QuerySet[TaskProposal]:
+        auto = Q(status=TaskProposal.Status.APPROVED, review_action=ReviewEvent.Action.AUTO_APPROVE)
+        if value is None:
+            return queryset
+        return queryset.filter(auto) if value else queryset.exclude(auto)
 
     def filter_band(self, queryset: QuerySet[TaskProposal], name: str, value: str) -> QuerySet[TaskProposal]:
         return filter_band(queryset, value)
@@ -391,7 +410,8 @@ class ProposalSearchFilter(drf_filters.SearchFilter):
         summary="List proposals",
         description="Proposals of the projects you are on (all for staff), most confident first, then "
         "oldest; reviewing them takes a reviewer or team lead of the project. "
-        "Filter by `status`, `project`, `run`, `band` (high, medium, low) and `recommendation`; "
+        "Filter by `status`, `project`, `run`, `band` (high, medium, low), `recommendation` and "
+        "`auto_approved`; "
         "`search` looks in the title and description; order by `confidence` or `created_at`.",
     ),
     retrieve=extend_schema(

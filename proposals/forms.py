@@ -15,6 +15,8 @@ from sources.models import Message
 
 # The queue's status filter for proposals of every status.
 ALL_STATUSES = "all"
+# The queue's status filter for proposals approved by the system (proposals.services.auto).
+AUTO_APPROVED = "auto_approved"
 
 
 class TagsField(forms.Field):
@@ -79,7 +81,12 @@ class QueueFilterForm(forms.Form):
         choices=[("", "All confidence bands"), *TaskProposal.Band.choices], required=False, label="Confidence"
     )
     status = forms.ChoiceField(
-        choices=[*TaskProposal.Status.choices, (ALL_STATUSES, "Any status")], required=False
+        choices=[
+            *TaskProposal.Status.choices,
+            (AUTO_APPROVED, "Auto-approved"),
+            (ALL_STATUSES, "Any status"),
+        ],
+        required=False,
     )
     q = forms.CharField(
         required=False,
@@ -95,7 +102,7 @@ class QueueFilterForm(forms.Form):
         cast("forms.ModelChoiceField[Project]", self.fields["project"]).queryset = projects
 
     def values(self) -> dict[str, Any]:
-        """`project_id`, `band`, `run_id`, `status` (a status or `ALL_STATUSES`) and `text`
+        """`project_id`, `band`, `run_id`, `status` (a status, `AUTO_APPROVED` or `ALL_STATUSES`) and `text`
         for the queue; a field with a bad value is left out (status: pending)."""
         self.is_valid()
         data = self.cleaned_data

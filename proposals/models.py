@@ -158,6 +158,11 @@ class TaskProposal(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("admin:proposals_taskproposal_change", args=[self.pk])
 
+    @property
+    def auto_approved(self) -> bool:
+        """Approved by the system (proposals.services.auto), and not reviewed since."""
+        return self.status == TaskProposalStatus.APPROVED and self.review_action == "auto_approve"
+
 
 @dataclass(frozen=True)
 class Bands:
@@ -186,6 +191,8 @@ class ReviewEvent(models.Model):
 
     class Action(models.TextChoices):
         APPROVE = "approve", "Approve"
+        # By the system (`user` None), under the project's rule (proposals.services.auto).
+        AUTO_APPROVE = "auto_approve", "Auto-approve"
         EDIT = "edit", "Edit"
         REJECT = "reject", "Reject"
         MERGE = "merge", "Merge"

@@ -26,13 +26,14 @@ from django.views.decorators.http import require_POST
 from projects import access
 from proposals.forms import (
     ALL_STATUSES,
+    AUTO_APPROVED,
     DuplicateForm,
     ProposalEditForm,
     QueueFilterForm,
     RejectForm,
     SplitFormSet,
 )
-from proposals.models import TaskProposal
+from proposals.models import ReviewEvent, TaskProposal
 from proposals.selectors import (
     duplicate_candidates,
     guidelines_of,
@@ -98,14 +99,17 @@ class QueueFilters:
     def queue(self, user: AnyUser, *, status: str | None = None) -> QuerySet[TaskProposal]:
         """The filtered proposals: of the filter's status, or of `status` when given."""
         status = status or self.status
-        return review_queue(
+        queue = review_queue(
             user,
             project_id=self.project_id,
             band=self.band,
             run_id=self.run_id,
-            status=None if status == ALL_STATUSES else status,
+            status={ALL_STATUSES: None, AUTO_APPROVED: TaskProposal.Status.APPROVED}.get(status, status),
             text=self.text,
         )
+        if status == AUTO_APPROVED:
+            return queue.filter(review_action=ReviewEvent.Action.AUTO_APPROVE)
+        return queue
 
     def pending(self, user: AnyUser) -> QuerySet[TaskProposal]:
         return self.queue(user, status=TaskProposal.Status.PENDING)

@@ -53,6 +53,7 @@ from projects.models import Project
 from proposals.examples import ReviewExample, select_review_examples
 from proposals.models import Bands, TaskProposal
 from proposals.services import NewProposal, create_proposals
+from proposals.services.auto import AutoApprovalRule, auto_approve_proposals
 from sources.models import Chat, Message
 
 logger = logging.getLogger(__name__)
@@ -568,6 +569,29 @@ def process_batch(*, batch_id: int, claim_id: str) -> None:
         )
         return
     _commit_batch(batch=batch, claim_id=claim_id, usage=result.usage, proposals=proposals, rejected=rejected)
+    auto_approve_batch(batch=batch)
+
+
+def auto_approve_batch(*, batch: Batch) -> list[int]:
+    """Auto-approve the batch's new proposals that their project's rule, as the run
+    snapshotted it, allows (`proposals.services.auto`); return their ids. Called once the
+    batch is committed: a failure here is logged and leaves the proposals pending, never
+    fails the batch. Proposals reviewed already (an auto-approval undone) are left alone."""
+    run = batch.run
+    rules = {
+        p["project_id"]: AutoApprovalRule.of(p.get("auto_approve"))
+        for p in run.config_snapshot.get("projects", [])
+    }
+    if not any(rules.values()):
+        return []
+    try:
+        ids = TaskProposal.objects.filter(
+            batch_id=batch.pk, status=TaskProposal.Status.PENDING, review_action=""
+        ).values_list("pk", flat=True)
+        return auto_approve_proposals(proposal_ids=ids, rules=rules, agent_id=run.assignment.agent_id)
+    except Exception:
+        logger.exception("Auto-approving the proposals of batch %s failed; they stay pending", batch.pk)
+        return []
 
 
 def _usage_added(usage: LLMUsage) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from analysis.consumers import run_group
 from analysis.models import AnalysisRun, Batch
 from projects.models import Project, ProjectConfig
 from projects.schedules import parse_schedule
-from proposals.models import FIXED_BANDS, TaskProposal, confidence_band
+from proposals.models import FIXED_BANDS, ReviewEvent, TaskProposal, confidence_band
 from sources.models import Chat
 from tasktracker.celery import app as celery_app
 from tasktracker.exceptions import DomainError
@@ -342,6 +342,12 @@ def _config_snapshot(config: ProjectConfig, *, agent_id: int) -> dict[str, Any]:
         "components": config.components,
         "priority_rules": config.priority_rules,
         "batch_time_gap_minutes": config.batch_time_gap_minutes,
+        # The auto-approval rule (proposals.services.auto), as the run applies it.
+        "auto_approve": {
+            "band": config.auto_approve_band,
+            "min_rate": config.auto_approve_min_rate,
+            "min_reviews": config.auto_approve_min_reviews,
+        },
         "chat_ids": sorted(chat.pk for chat in config.chats.all()),
         "member_names": _member_names(config),
         # The band thresholds this run's proposals are saved with (analysis.calibration).
@@ -717,7 +723,8 @@ def start_scheduled_runs(*, now: datetime | None = None) -> list[AnalysisRun]:
 @transaction.atomic
 def close_run(*, run_id: int) -> AnalysisRun:
     """Close a completed run once none of its proposals is pending, storing its review
-    figures: approved, rejected, merged, approval rate overall and per confidence band."""
+    figures: approved (of which `auto_approved` by the system), rejected, merged, approval
+    rate overall and per confidence band."""
     run = AnalysisRun.objects.select_for_update().get(pk=run_id)
     if run.status != Status.COMPLETED:
         raise DomainError(
@@ -729,17 +736,25 @@ def close_run(*, run_id: int) -> AnalysisRun:
             f"Run {run.pk} still has {pending} pending proposal(s).", code="pending_left", status=409
         )
     counts: dict[str, dict[str, int]] = {}
-    for status_value, band_name, confidence in run.proposals.values_list("status", "band", "confidence"):
+    rows = run.proposals.values_list("status", "band", "confidence", "review_action")
+    for status_value, band_name, confidence, action in rows:
         band = counts.setdefault(
-            band_name or confidence_band(confidence), {"approved": 0, "rejected": 0, "merged": 0}
+            band_name or confidence_band(confidence),
+            {"approved": 0, "rejected": 0, "merged": 0, "auto_approved": 0},
         )
         band[status_value] = band.get(status_value, 0) + 1
+        # Approved by the system (proposals.services.auto): counted in `approved` too.
+        if status_value == TaskProposal.Status.APPROVED and action == ReviewEvent.Action.AUTO_APPROVE:
+            band["auto_approved"] += 1
 
     def rate(figures: dict[str, int]) -> float | None:
         decided = figures["approved"] + figures["rejected"]
         return round(figures["approved"] / decided, 3) if decided else None
 
-    total = {key: sum(band[key] for band in counts.values()) for key in ("approved", "rejected", "merged")}
+    total = {
+        key: sum(band[key] for band in counts.values())
+        for key in ("approved", "rejected", "merged", "auto_approved")
+    }
     stats = {
         **total,
         "approval_rate": rate(total),

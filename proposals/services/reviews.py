@@ -77,7 +77,7 @@ def _require_pending(proposal: TaskProposal, verb: str) -> None:
 
 def _record(
     proposal: TaskProposal,
-    user: User,
+    user: User | None,
     action: str,
     before: dict[str, Any],
     note: str = "",
@@ -131,7 +131,7 @@ def transition_proposal(*, proposal: TaskProposal, to: str) -> None:
     proposal.status = to
 
 
-def _reviewed(proposal: TaskProposal, user: User, status: str, action: str, note: str = "") -> None:
+def _reviewed(proposal: TaskProposal, user: User | None, status: str, action: str, note: str = "") -> None:
     transition_proposal(proposal=proposal, to=status)
     proposal.reviewer = user
     proposal.reviewed_at = timezone.now()
@@ -147,6 +147,28 @@ def approve_proposal(
     first), or, with `add_to_task`, is added to the similar task it was linked to."""
     proposal = _lock(proposal_id, user)
     _require_pending(proposal, "approved")
+    return _approve(proposal, user, edits=edits, add_to_task=add_to_task)
+
+
+@transaction.atomic
+def auto_approve_proposal(*, proposal: TaskProposal, note: str) -> Task:
+    """Approve a pending proposal as the system (no user): its task is made as for a
+    reviewer's approval, and its event is `AUTO_APPROVE` with `note` saying why; a reviewer
+    undoes it like any approval. `proposal` is locked and checked by the caller
+    (`proposals.services.auto.auto_approve_proposals`, which decides)."""
+    _require_pending(proposal, "approved")
+    return _approve(proposal, None, note=note)
+
+
+def _approve(
+    proposal: TaskProposal,
+    user: User | None,
+    *,
+    edits: dict[str, Any] | None = None,
+    add_to_task: bool = False,
+    note: str = "",
+) -> Task:
+    """Approve a locked pending proposal, by `user` or, None, by the system."""
     before = _snapshot(proposal)
     _apply_edits(proposal, edits)
     if add_to_task:
@@ -156,6 +178,8 @@ def approve_proposal(
                 f"Proposal {proposal.pk} has no similar task to add to.", code="no_similar_task"
             )
         addition = f"From proposal {proposal.pk}: {proposal.title}\n{proposal.description}".rstrip()
+        if user is None:
+            raise DomainError("Only a reviewer adds a proposal to a task.", code="forbidden", status=403)
         task = append_to_task(task=task, text=addition, user=user)
         action = ReviewEvent.Action.ADD_TO_TASK
     else:
@@ -165,11 +189,11 @@ def approve_proposal(
             created_by=user,
             **{name: getattr(proposal, name) for name in TASK_DETAILS},
         )
-        action = ReviewEvent.Action.APPROVE
+        action = ReviewEvent.Action.APPROVE if user is not None else ReviewEvent.Action.AUTO_APPROVE
     proposal.task = task
-    _reviewed(proposal, user, TaskProposal.Status.APPROVED, action)
+    _reviewed(proposal, user, TaskProposal.Status.APPROVED, action, note)
     proposal.save()
-    _record(proposal, user, action, before, task=task)
+    _record(proposal, user, action, before, note=note, task=task)
     emit_webhook(
         project=proposal.project,
         event=WebhookEndpoint.Event.PROPOSAL_APPROVED,
@@ -374,7 +398,8 @@ def undo_last_action(*, proposal_id: int, user: User) -> TaskProposal:
     before = _snapshot(proposal)
     state = last.before
     transition_proposal(proposal=proposal, to=state["status"])
-    if last.action == ReviewEvent.Action.APPROVE and proposal.task is not None:
+    approvals = (ReviewEvent.Action.APPROVE, ReviewEvent.Action.AUTO_APPROVE)
+    if last.action in approvals and proposal.task is not None:
         task = proposal.task
         proposal.task = None
         proposal.save(update_fields=["task"])

@@ -219,3 +219,13 @@ def test_the_project_page_and_the_api_show_the_reliability_table(fake_openai, se
     outsider = UserFactory()
     api.force_authenticate(outsider)
     assert api.get(f"/api/v1/projects/{setup['project'].slug}/").status_code == 404
+
+
+def test_the_systems_auto_approvals_do_not_count_as_reviews(fake_openai, settings) -> None:
+    settings.CALIBRATION_MIN_REVIEWS = 20
+    setup = make_setup(fake_openai.base_url)
+    run = closed_history(setup, [(0.95, 20, 20)])
+    TaskProposal.objects.filter(run=run).update(review_action="auto_approve")
+    from analysis.calibration import decided_reviews
+
+    assert decided_reviews(project_id=setup["project"].pk, agent_id=setup["assignment"].agent_id) == []
