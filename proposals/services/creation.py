@@ -126,9 +126,9 @@ def title_candidates(*, project_id: int, titles: Iterable[str]) -> dict[str, Can
     (proposals' 0004 and projects' 0005 migrations): two queries, whatever the number of
     titles and the size of the project's history. Their difflib ratio is the caller's to
     compute: the trigram filter is only a sieve, wide enough that a title at the duplicate
-    threshold (`SIMILAR_TITLE_RATIO`) passes it, unless it shares less than a third of
-    its trigrams (pg_trgm's default threshold, 0.3; on SQLite `MIN_SHARED_TRIGRAMS`), as
-    titles of one or two letters or of punctuation alone do."""
+    threshold (`SIMILAR_TITLE_RATIO`) passes it: on PostgreSQL the nearest titles whatever
+    their distance; on SQLite unless it shares less than a third of its trigrams
+    (`MIN_SHARED_TRIGRAMS`), as titles of one or two letters or of punctuation alone do."""
     titles = list(dict.fromkeys(titles))
     if not titles:
         return {}
@@ -141,8 +141,12 @@ def title_candidates(*, project_id: int, titles: Iterable[str]) -> dict[str, Can
 
 
 def _postgres_candidates(project_id: int, titles: list[str]) -> dict[str, Candidates]:
-    """pg_trgm's `%` (similarity at least `pg_trgm.similarity_threshold`, 0.3) on the GIN
-    index of UPPER(title), the closest first, one LATERAL subquery per title."""
+    """The `CANDIDATES` titles of the project nearest by pg_trgm's distance (`<->`,
+    1 - similarity), read in distance order from the GiST index on (project_id,
+    UPPER(title)) (migration 0007), one LATERAL subquery per title: the index stops after
+    the nearest, however long the history, and no threshold leaves a nearest title out.
+    Ordered by the distance alone (another key would sort the project's rows); the lists
+    are then newest first."""
     found: dict[str, Candidates] = {t: Candidates([], []) for t in titles}
     for table, live, which in (
         (TaskProposal._meta.db_table, "status = ANY(%s)", "proposals"),
@@ -153,8 +157,8 @@ def _postgres_candidates(project_id: int, titles: list[str]) -> dict[str, Candid
             SELECT q.i, c.id, c.title FROM unnest(%s::text[]) WITH ORDINALITY AS q(t, i)
             CROSS JOIN LATERAL (
                 SELECT id, title, created_at FROM {table}
-                WHERE project_id = %s AND {live} AND UPPER(title) %% UPPER(q.t)
-                ORDER BY similarity(UPPER(title), UPPER(q.t)) DESC, created_at DESC, id DESC
+                WHERE project_id = %s AND {live}
+                ORDER BY UPPER(title) <-> UPPER(q.t)
                 LIMIT %s
             ) c
             ORDER BY q.i, c.created_at DESC, c.id DESC"""  # noqa: S608 (table names are ours)
