@@ -175,8 +175,32 @@ def worker_process(
         }
     celery_app.control.purge()
     worker = WorkerProcess(f"test-worker-{os.getpid()}@localhost", env)
+    STARTED_WORKERS.append(worker)
     yield worker
     worker.stop()
+
+
+# The session's Celery worker, once a test asked for it (`worker_process`).
+STARTED_WORKERS: list[WorkerProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_task_outlives_a_transactional_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A transactional test's commits may queue work (a run's task, on commit) that the
+    worker an earlier test started takes, even when this test did not ask for a worker: the
+    test database's flush after the test would then race that task (a deadlock between the
+    TRUNCATE and the task's row locks, and rows left for the next test). So the queue is
+    purged and the worker left idle before the flush."""
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None or not marker.kwargs.get("transaction", False):
+        yield
+        return
+    request.getfixturevalue("_django_db_helper")  # set up before, so torn down (flushed) after
+    yield
+    for worker in STARTED_WORKERS:
+        if worker.process is not None and worker.process.poll() is None:
+            celery_app.control.purge()
+            worker.wait_idle()
 
 
 @pytest.fixture

@@ -108,7 +108,11 @@ def test_a_cancelled_run_stops_before_its_batches(live_worker: str, fake_openai:
         cancel_run(run=run)
 
 
-def test_an_overlapping_run_of_the_same_project_is_refused(fake_openai: FakeOpenAI, settings) -> None:
+def test_an_overlapping_run_of_the_same_project_is_refused(
+    live_worker: str, fake_openai: FakeOpenAI, settings
+) -> None:
+    # The worker this module's other tests started takes the first run from the broker:
+    # `live_worker` waits for it at the end, or the test database's flush would race it.
     setup = make_setup(fake_openai.base_url)
     start(setup)
     with pytest.raises(DomainError) as error:
